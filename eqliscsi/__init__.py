@@ -1,0 +1,1 @@
+"""eqliscsi: OpenNebula storage driver for Dell EqualLogic PS Series groups."""

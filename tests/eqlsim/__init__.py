@@ -1,0 +1,1 @@
+"""PS Series group simulator used by the tests and the demo."""
