@@ -175,7 +175,7 @@ def _qemu_img_virtual_size(path: str, image_format: str) -> int:
         raise DriverError(f"qemu-img info {path}: no virtual-size in its output") from None
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise DriverError(f"qemu-img info {path}: invalid virtual-size {size!r}")
-    return size
+    return int(size)
 
 
 # --- URLs --------------------------------------------------------------------------------
