@@ -8,6 +8,7 @@ log, fault knobs, and a few paramiko helpers (``connect``, ``shell``, ``exec``).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -207,7 +208,8 @@ def sim_factory(tmp_path: Path) -> Iterator[Callable[..., RunningSim]]:
     """Start simulated groups; every one is stopped at teardown.
 
     Options: ``max_sessions``, ``iscsi`` (real tgtd targets; the test is skipped when they
-    cannot run), ``group_name``, ``users`` (name -> password, the first one is the handle's),
+    cannot run, and fails instead under CI=true), ``group_name``, ``users`` (name -> password,
+    the first one is the handle's),
     ``state_dir`` (reuse one to restart a group), ``port``, and any other GroupSimulator
     keyword (``pool_size_mb``, ``messages``, ``max_access_records``, ...).
     """
@@ -226,12 +228,17 @@ def sim_factory(tmp_path: Path) -> Iterator[Callable[..., RunningSim]]:
         users = users or {"grpadmin": SIM_PASSWORD}
         state_dir = Path(state_dir or tmp_path / f"group{len(started) + 1}")
         if iscsi:
-            module = pytest.importorskip("tests.eqlsim.iscsi", reason="no iSCSI backend module")
+            from tests import iscsi_tools
+            from tests.eqlsim.iscsi import BackendUnavailable, TgtBackend, pick_free_group_ip
+
+            iscsi_tools.require_iscsi()  # skips here without root/tools; fails under CI=true
             try:
-                options["group_ip"] = options.get("group_ip") or module.pick_free_group_ip()
-                options["backend"] = module.TgtBackend(state_dir, options["group_ip"])
+                options["group_ip"] = options.get("group_ip") or pick_free_group_ip()
+                options["backend"] = TgtBackend(state_dir, options["group_ip"])
                 simulator = _start(state_dir, port, users, group_name, max_sessions, options)
-            except module.BackendUnavailable as exc:
+            except BackendUnavailable as exc:
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"real iSCSI targets must run in CI: {exc}")
                 pytest.skip(f"no real iSCSI targets here: {exc}")
         else:
             simulator = _start(state_dir, port, users, group_name, max_sessions, options)
