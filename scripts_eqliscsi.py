@@ -7,9 +7,27 @@ An action script is only::
 
 Keep the imports here light: modules that talk to the group (and so load paramiko) are
 imported inside the functions of the actions that need them; ``stat`` never loads them.
+The functions of ``eqliscsi.ds_actions`` are looked up on first use (``__getattr__``).
 """
 
-from eqliscsi.image_source import ds_stat
-from eqliscsi.oned import run_action
+import importlib
 
-__all__ = ["ds_stat", "run_action"]
+from eqliscsi.image_source import ds_stat
+from eqliscsi.oned import ActionFunction, run_action
+
+_LAZY_ACTIONS = {
+    name: "eqliscsi.ds_actions"
+    for name in ("ds_cp", "ds_mkfs", "ds_clone", "ds_rm", "ds_monitor", "ds_snap_delete",
+                 "ds_snap_revert", "ds_snap_flatten")
+}
+
+__all__ = ["ds_stat", "run_action", *_LAZY_ACTIONS]
+
+
+def __getattr__(name: str) -> ActionFunction:
+    """The action functions of modules that are imported only when an action needs them."""
+    module = _LAZY_ACTIONS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    function: ActionFunction = getattr(importlib.import_module(module), name)
+    return function

@@ -55,6 +55,13 @@ EQL_CONNECT_TIMEOUT     yes   -     -     ignored 10 (seconds)
 EQL_COMMAND_TIMEOUT     yes   -     -     ignored 60 (seconds; slow commands get 600)
 EQL_DEBUG               yes   -     -     ignored ``no``
 EQL_DEBUG_LOG           yes   -     -     clears  none (no debug log)
+EQL_FRONTEND_INITIATOR  yes   -     -     ignored ``InitiatorName=`` of the front-end's
+                                                  /etc/iscsi/initiatorname.iscsi, else
+                                                  ``iqn.2026-11.org.opennebula.eqliscsi:<host>``
+EQL_STAGING_DIR         yes   -     -     ignored ``/var/tmp`` (cp/mkfs staging files)
+EQL_VERIFY              yes   yes   -     ignored ``sample`` (or ``full``, ``off``)
+EQL_FORCE_DELETE        -     yes   yes   ignored ``NO`` (``YES``: rm deletes volumes in use
+                                                  or owned by another image)
 ======================= ===== ===== ===== ======= =========================================
 
 Secrets: EQL_PASS and EQL_CHAP_PASS come from the conf file (a ``WARN`` line is written when
@@ -99,6 +106,7 @@ LEGACY_KEYS = frozenset({"EQLADM"})
 SECRET_KEYS = frozenset({"EQL_PASS", "EQL_CHAP_PASS"})
 HOST_KEY_POLICIES = ("strict", "accept-new")
 ACCESS_MODES = ("initiator", "static")
+VERIFY_MODES = ("sample", "full", "off")
 MAX_SECONDS = 86400.0
 MIN_WAIT_TIME = 10.0  # the 2014 driver polled 10 s for devices (its sample 1 s was a sleep)
 
@@ -116,6 +124,7 @@ class Level(Enum):
 _CD = frozenset({Level.CONF, Level.DATASTORE})
 _CDI = frozenset({Level.CONF, Level.DATASTORE, Level.IMAGE})
 _C = frozenset({Level.CONF})
+_DI = frozenset({Level.DATASTORE, Level.IMAGE})
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,10 @@ KEYS: Dict[str, KeySpec] = {
     "EQL_COMMAND_TIMEOUT": KeySpec(_C),
     "EQL_DEBUG": KeySpec(_C),
     "EQL_DEBUG_LOG": KeySpec(_C, empty_clears=True),
+    "EQL_FRONTEND_INITIATOR": KeySpec(_C),
+    "EQL_STAGING_DIR": KeySpec(_C),
+    "EQL_VERIFY": KeySpec(_CD),
+    "EQL_FORCE_DELETE": KeySpec(_DI),
 }
 """Every setting; the module docstring's table in data form."""
 
@@ -225,6 +238,10 @@ class DriverConfig:
     command_timeout: float = 60.0
     debug: bool = False
     debug_log: Optional[str] = None
+    frontend_initiator: Optional[str] = None  # None: read from the front-end when needed
+    staging_dir: Path = Path("/var/tmp")  # noqa: S108 (private mkdtemp directories in it)
+    verify: str = "sample"
+    force_delete: bool = False
 
     def group_settings(self) -> GroupSettings:
         """The Group CLI client's settings; ConfigError naming every missing key."""
@@ -388,7 +405,7 @@ class _Layers:
             for key, value in values.items():
                 if key in SECRET_KEYS:
                     register_secret(value)
-                if level is not Level.CONF:
+                if level is not Level.CONF or key in KEYS:  # unknown conf keys: load_conf_file
                     self._check_allowed(key, level)
 
     @staticmethod
@@ -469,6 +486,11 @@ def resolve_config(conf: ConfFile, datastore: Optional[Mapping[str, str]] = None
         command_timeout=typed("EQL_COMMAND_TIMEOUT", _seconds, defaults.command_timeout),
         debug=typed("EQL_DEBUG", _bool, defaults.debug),
         debug_log=typed("EQL_DEBUG_LOG", _optional(_debug_log_target), None),
+        frontend_initiator=typed("EQL_FRONTEND_INITIATOR",
+                                 _optional(cli_commands.initiator_name), None),
+        staging_dir=typed("EQL_STAGING_DIR", _absolute_path, defaults.staging_dir),
+        verify=typed("EQL_VERIFY", _choice(VERIFY_MODES), defaults.verify),
+        force_delete=typed("EQL_FORCE_DELETE", _bool, defaults.force_delete),
     )
 
 
@@ -600,9 +622,9 @@ def _enable_disable(text: str) -> bool:
 
 def _choice(allowed: Tuple[str, ...]) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        if text not in allowed:
+        if text.lower() not in allowed:
             raise ValueError(f"expected one of {', '.join(allowed)}, got {text!r}")
-        return text
+        return text.lower()
     return parse
 
 

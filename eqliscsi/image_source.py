@@ -45,8 +45,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
-from http.client import HTTPException, HTTPMessage
+from http.client import HTTPException, HTTPMessage, HTTPResponse
 from itertools import chain
 from typing import IO, Callable, Dict, Iterable, Iterator, Mapping, Optional, Protocol, Tuple, Union
 
@@ -58,7 +59,7 @@ HEAD_BYTES = 512
 READ_CHUNK = 1024 * 1024
 URL_TIMEOUT = 60.0
 QEMU_IMG_TIMEOUT = 60.0
-USER_AGENT = "eqliscsi-stat"
+USER_AGENT = "eqliscsi"
 
 _COMPRESSION_MAGIC: Dict[str, bytes] = {
     "gzip": b"\x1f\x8b",
@@ -140,7 +141,7 @@ def _local_bytes(path: str) -> int:
             raise InputError(f"image file {path} is not a regular file")
         with open(path, "rb") as stream:
             head = stream.read(HEAD_BYTES)
-            if _compression(head):
+            if compression(head):
                 return _stream_bytes(_chain_head(head, stream), None, path)
             image_format = _container_format(head)
             if image_format:
@@ -180,7 +181,7 @@ def _qemu_img_virtual_size(path: str, image_format: str) -> int:
 
 # --- URLs --------------------------------------------------------------------------------
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Follow redirects to http(s) only; drop credentials when the host changes."""
 
     def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int,
@@ -201,9 +202,28 @@ def _url_bytes(url: str) -> Tuple[str, int]:
     if parts.scheme not in ("http", "https"):
         raise InputError(f"unsupported URL scheme {parts.scheme!r} in image PATH: "
                          "use http, https or a local file path")
-    netloc = parts.netloc.rpartition("@")[2]
-    shown = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    request = urllib.request.Request(  # noqa: S310 (the scheme was checked above)
+    try:
+        with open_url(url) as (shown, response):
+            length = response.headers.get("Content-Length", "").strip()
+            declared = int(length) if length.isdigit() else None
+            chunks = iter(lambda: response.read1(READ_CHUNK), b"")
+            return shown, _stream_bytes(chunks, declared, shown)
+    except OSError as exc:
+        raise DriverError(f"cannot fetch {url_without_credentials(url)}: {exc}") from None
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` removed (what messages may show)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+@contextmanager
+def open_url(url: str) -> Iterator[Tuple[str, HTTPResponse]]:
+    """(URL without credentials, open response); errors become one-line DriverErrors."""
+    parts = urllib.parse.urlsplit(url)
+    shown = url_without_credentials(url)
+    request = urllib.request.Request(  # noqa: S310 (the caller checked the scheme)
         shown, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
     if parts.username is not None:
         password = urllib.parse.unquote(parts.password or "")
@@ -211,20 +231,17 @@ def _url_bytes(url: str) -> Tuple[str, int]:
         register_secret(password)
         pair = f"{urllib.parse.unquote(parts.username)}:{password}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(pair).decode())
-    opener = urllib.request.build_opener(_HttpOnlyRedirects())
+    opener = urllib.request.build_opener(HttpOnlyRedirects())
     try:
         with opener.open(request, timeout=URL_TIMEOUT) as response:
-            length = response.headers.get("Content-Length", "").strip()
-            declared = int(length) if length.isdigit() else None
-            chunks = iter(lambda: response.read1(READ_CHUNK), b"")
-            return shown, _stream_bytes(chunks, declared, shown)
+            yield shown, response
     except urllib.error.HTTPError as exc:
         raise DriverError(f"cannot fetch {shown}: HTTP {exc.code} {exc.reason}") from None
     except socket.timeout:
-        raise DriverError(f"cannot fetch {shown}: no answer within {URL_TIMEOUT:g}s") from None
+        raise DriverError(f"cannot fetch {shown}: no data for {URL_TIMEOUT:g}s") from None
     except urllib.error.URLError as exc:
         raise DriverError(f"cannot fetch {shown}: {exc.reason}") from None
-    except (HTTPException, OSError) as exc:
+    except HTTPException as exc:
         raise DriverError(f"cannot fetch {shown}: {exc}") from None
 
 
@@ -238,9 +255,9 @@ def _stream_bytes(chunks: Iterator[bytes], declared: Optional[int], origin: str,
         head += chunk
         if len(head) >= HEAD_BYTES:
             break
-    codec = _compression(head) if decompress else None
+    codec = compression(head) if decompress else None
     if codec:
-        inflated = _decompressed(codec, chain([head], chunks), origin)
+        inflated = decompressed(codec, chain([head], chunks), origin)
         return _stream_bytes(inflated, None, origin, decompress=False)
     image_format = _container_format(head)
     if image_format:
@@ -250,7 +267,7 @@ def _stream_bytes(chunks: Iterator[bytes], declared: Optional[int], origin: str,
     return len(head) + sum(len(chunk) for chunk in chunks)
 
 
-def _compression(head: bytes) -> Optional[str]:
+def compression(head: bytes) -> Optional[str]:
     for codec, magic in _COMPRESSION_MAGIC.items():
         if head.startswith(magic):
             return codec
@@ -347,7 +364,7 @@ _INFLATERS: Dict[str, Callable[[], _Inflater]] = {
 }
 
 
-def _decompressed(codec: str, chunks: Iterator[bytes], origin: str) -> Iterator[bytes]:
+def decompressed(codec: str, chunks: Iterator[bytes], origin: str) -> Iterator[bytes]:
     """The decompressed data, across concatenated members; trailing garbage is ignored."""
     magic = _COMPRESSION_MAGIC[codec]
     inflater: Optional[_Inflater] = None

@@ -237,6 +237,8 @@ VALID = {
     "EQL_WAIT_TIME": "45", "EQL_MAX_SESSIONS": "3", "EQL_SLOT_DIR": "/run/eql",
     "EQL_SLOT_WAIT": "5", "EQL_CONNECT_TIMEOUT": "2.5", "EQL_COMMAND_TIMEOUT": "90",
     "EQL_DEBUG": "yes", "EQL_DEBUG_LOG": "syslog",
+    "EQL_FRONTEND_INITIATOR": "iqn.2024-01.org.example:fe", "EQL_STAGING_DIR": "/srv/stage",
+    "EQL_VERIFY": "full", "EQL_FORCE_DELETE": "YES",
 }
 """A valid, non-default value for every key."""
 
