@@ -175,12 +175,12 @@ def snapshot_id(volume: str, name: str) -> Optional[int]:
 # --- group helpers -----------------------------------------------------------------------
 
 @contextmanager
-def _group_client(config: DriverConfig) -> Iterator[GroupClient]:
+def group_client(config: DriverConfig) -> Iterator[GroupClient]:
     with GroupClient(config.group_settings(), command_log=record_cli_command) as group:
         yield group
 
 
-def _cleanup(what: str, undo: Callable[[], object]) -> None:
+def undo_logged(what: str, undo: Callable[[], object]) -> None:
     """Run ``undo`` after a failure; its own failure is logged, never raised."""
     try:
         undo()
@@ -189,24 +189,24 @@ def _cleanup(what: str, undo: Callable[[], object]) -> None:
 
 
 @contextmanager
-def _delete_on_failure(group: GroupClient, volume: str) -> Iterator[None]:
+def delete_on_failure(group: GroupClient, volume: str) -> Iterator[None]:
     """Delete ``volume`` (just made by this action) if the body fails."""
     try:
         yield
     except BaseException:
         log_warn(f"deleting volume {volume} after the failure")
-        _cleanup(f"delete volume {volume}", lambda: _delete_volume(group, volume))
+        undo_logged(f"delete volume {volume}", lambda: delete_with_snapshots(group, volume))
         raise
 
 
-def _delete_volume(group: GroupClient, volume: str) -> None:
+def delete_with_snapshots(group: GroupClient, volume: str) -> None:
     """Delete the volume's snapshots, then the volume (offline first)."""
     for snapshot in group.list_snapshots(volume):
         group.delete_snapshot(volume, snapshot.name)
     group.delete_volume(volume)
 
 
-def _replace_leftover(group: GroupClient, volume: str, image_id: int) -> None:
+def replace_leftover(group: GroupClient, volume: str, image_id: int) -> None:
     """Delete ``volume`` if an earlier failed run for this image left it; refuse if the
     name is taken by anything else."""
     existing = group.find_volume(volume)
@@ -221,14 +221,14 @@ def _replace_leftover(group: GroupClient, volume: str, image_id: int) -> None:
                           f"{image_id}, has {existing.connections} iSCSI connection(s): "
                           "refusing to replace it")
     log_info(f"deleting volume {volume} left by an earlier attempt for image {image_id}")
-    _delete_volume(group, volume)
+    delete_with_snapshots(group, volume)
 
 
-def _new_volume(group: GroupClient, config: DriverConfig, volume: str, size_mb: int,
+def new_volume(group: GroupClient, config: DriverConfig, volume: str, size_mb: int,
                 description: str, image_id: int) -> str:
     """Replace a leftover, ``volume create`` with the settings for new volumes and set the
     volume up (deleted again if that fails); returns the IQN."""
-    _replace_leftover(group, volume, image_id)
+    replace_leftover(group, volume, image_id)
     thin = config.thin_provisioning
     log_info(f"creating volume {volume} ({size_mb} MB) in pool {config.pool}"
              + (" (thin)" if thin.thin else ""))
@@ -237,7 +237,7 @@ def _new_volume(group: GroupClient, config: DriverConfig, volume: str, size_mb: 
         thin_min_reserve=thin.thin_min_reserve, thin_growth_warn=thin.thin_growth_warn,
         thin_growth_max=thin.thin_growth_max, description=description, online=True,
         snap_reserve=config.snap_reserve)
-    with _delete_on_failure(group, volume):
+    with delete_on_failure(group, volume):
         _set_up_volume(group, config, volume)
     return iqn
 
@@ -270,18 +270,18 @@ def _frontend_access(group: GroupClient, config: DriverConfig, volume: str, iqn:
                   if config.chap_password else None)
         yield LunTarget(str(portal), iqn, config.lun, initiator, config.chap_user, secret)
     except BaseException:
-        _cleanup(f"remove the front-end's access record from {volume}",
+        undo_logged(f"remove the front-end's access record from {volume}",
                  lambda: group.delete_access(volume, record))
         raise
     log_info(f"removing the front-end's access record from {volume}")
     group.delete_access(volume, record)
 
 
-def _write_volume(group: GroupClient, config: DriverConfig, volume: str, iqn: str,
+def write_volume(group: GroupClient, config: DriverConfig, volume: str, iqn: str,
                   source: SourceImage, stage: Path) -> None:
     """Write and verify the new ``volume`` through the front-end's own access record;
     the volume is deleted if that fails."""
-    with _delete_on_failure(group, volume), \
+    with delete_on_failure(group, volume), \
             _frontend_access(group, config, volume, iqn, stage) as target:
         write_image(source, target)
         verify_image(source, target, config.verify, stage)
@@ -292,7 +292,7 @@ class Terminated(DriverError):
 
 
 @contextmanager
-def _sigterm_fails() -> Iterator[None]:
+def sigterm_fails() -> Iterator[None]:
     """Turn the first SIGTERM into ``Terminated`` (later ones are ignored during cleanup)."""
     def terminate(signum: int, frame: Optional[FrameType]) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -322,16 +322,16 @@ def ds_cp(action: Action) -> str:
                            size_hint_bytes=declared_mb * MIB)
     downloader = action.remotes_dir / "datastore" / "downloader.sh"
     environ = {**action.environ, "DRV_ACTION": base64.b64encode(invocation.xml).decode()}
-    with _sigterm_fails(), staging_area(config.staging_dir) as stage:
+    with sigterm_fails(), staging_area(config.staging_dir) as stage:
         fetched = fetch_image(image.path, PathPolicy.for_datastore(datastore, action.environ),
                               stage, options, downloader if downloader.is_file() else None,
                               environ)
         source = inspect_image(fetched)
         size_mb = max(declared_mb, source.size_mb)
-        with _group_client(config) as group:
-            iqn = _new_volume(group, config, volume, size_mb,
+        with group_client(config) as group:
+            iqn = new_volume(group, config, volume, size_mb,
                               image_description(image_id, image.name), image_id)
-            _write_volume(group, config, volume, iqn, source, stage)
+            write_volume(group, config, volume, iqn, source, stage)
     return f"{volume} raw"
 
 
@@ -355,16 +355,16 @@ def ds_mkfs(action: Action) -> str:
     if size_mb <= 0:
         raise InputError(f"invalid datablock SIZE {size_mb} MB")
     description = image_description(image_id, image.name)
-    with _sigterm_fails():
+    with sigterm_fails():
         if fs is None:
-            with _group_client(config) as group:
-                _new_volume(group, config, volume, size_mb, description, image_id)
+            with group_client(config) as group:
+                new_volume(group, config, volume, size_mb, description, image_id)
             return volume
         with staging_area(config.staging_dir) as stage:
             source = build_filesystem(fs, stage / "filesystem", size_mb * MIB)
-            with _group_client(config) as group:
-                iqn = _new_volume(group, config, volume, size_mb, description, image_id)
-                _write_volume(group, config, volume, iqn, source, stage)
+            with group_client(config) as group:
+                iqn = new_volume(group, config, volume, size_mb, description, image_id)
+                write_volume(group, config, volume, iqn, source, stage)
     return volume
 
 
@@ -392,21 +392,27 @@ def ds_clone(action: Action) -> str:
     config = action_config(action, datastore, image)
     source = volume_from_source(image.path)
     volume = image_volume_name(image.name, image_id)
-    with _sigterm_fails(), _group_client(config) as group:
-        _replace_leftover(group, volume, image_id)
+    with sigterm_fails(), group_client(config) as group:
+        replace_leftover(group, volume, image_id)
         log_info(f"cloning volume {source} (image {image.text('CLONING_ID', '?')}) "
                  f"to {volume}")
         group.clone_volume(source, volume, description=image_description(image_id, image.name),
                            online=True, snap_reserve=config.snap_reserve)
-        with _delete_on_failure(group, volume):
-            for inherited in group.list_access(volume):
-                group.delete_access(volume, inherited.id)
-            _set_up_volume(group, config, volume)
-            current_mb = group.show_volume(volume).size_mb
-            if image.size_mb > current_mb:
-                log_info(f"extending volume {volume} from {current_mb} to {image.size_mb} MB")
-                group.extend_volume(volume, image.size_mb)
+        with delete_on_failure(group, volume):
+            prepare_clone(group, config, volume, image.size_mb)
     return f"{volume} raw"
+
+
+def prepare_clone(group: GroupClient, config: DriverConfig, volume: str, size_mb: int) -> None:
+    """Set up a new clone: drop the access records it may have inherited, multihost and
+    the static record (``_set_up_volume``), extend it (no-snap) to ``size_mb`` if larger."""
+    for inherited in group.list_access(volume):
+        group.delete_access(volume, inherited.id)
+    _set_up_volume(group, config, volume)
+    current_mb = group.show_volume(volume).size_mb
+    if size_mb > current_mb:
+        log_info(f"extending volume {volume} from {current_mb} to {size_mb} MB")
+        group.extend_volume(volume, size_mb)
 
 
 def ds_rm(action: Action) -> None:
@@ -417,7 +423,7 @@ def ds_rm(action: Action) -> None:
     config = action_config(action, datastore, image)
     volume = volume_from_source(image.source)
     force = config.force_delete
-    with _group_client(config) as group:
+    with group_client(config) as group:
         info = group.find_volume(volume)
         if info is None:
             log_info(f"volume {volume} does not exist (already deleted)")
@@ -436,7 +442,7 @@ def ds_rm(action: Action) -> None:
                                   "(EQL_FORCE_DELETE=YES overrides)")
             log_warn(f"{problem}; deleting it anyway (EQL_FORCE_DELETE)")
         log_info(f"deleting volume {volume} and its {info.snapshots} snapshot(s)")
-        _delete_volume(group, volume)
+        delete_with_snapshots(group, volume)
     return None
 
 
@@ -444,7 +450,7 @@ def ds_monitor(action: Action) -> str:
     """DS ``monitor``: the capacity of EQL_POOL (the argv id is the datastore's)."""
     request = ds_request(action)
     config = action_config(action, request.data.datastore)
-    with _group_client(config) as group:
+    with group_client(config) as group:
         capacity = group.pool_capacity(config.pool)
     return (f"USED_MB={capacity.used_mb}\nTOTAL_MB={capacity.total_mb}\n"
             f"FREE_MB={capacity.free_mb}")
@@ -457,7 +463,7 @@ def ds_snap_delete(action: Action) -> None:
     config = action_config(action, request.data.datastore, image)
     volume = volume_from_source(image.source)
     name = snapshot_name(volume, image.target_snapshot)
-    with _group_client(config) as group:
+    with group_client(config) as group:
         if group.delete_snapshot(volume, name):
             log_info(f"deleted snapshot {name} of volume {volume}")
         else:
@@ -471,8 +477,8 @@ def ds_snap_revert(action: Action) -> None:
     image = request.data.image
     config = action_config(action, request.data.datastore, image)
     volume = volume_from_source(image.source)
-    with _sigterm_fails(), _group_client(config) as group:
-        _revert(group, volume, image.target_snapshot)
+    with sigterm_fails(), group_client(config) as group:
+        revert_to_snapshot(group, volume, image.target_snapshot)
     return None
 
 
@@ -483,8 +489,8 @@ def ds_snap_flatten(action: Action) -> None:
     image = request.data.image
     config = action_config(action, request.data.datastore, image)
     volume = volume_from_source(image.source)
-    with _sigterm_fails(), _group_client(config) as group:
-        _revert(group, volume, image.target_snapshot)
+    with sigterm_fails(), group_client(config) as group:
+        revert_to_snapshot(group, volume, image.target_snapshot)
         for snapshot in group.list_snapshots(volume):
             if snapshot_id(volume, snapshot.name) is not None:
                 log_info(f"deleting snapshot {snapshot.name} of volume {volume}")
@@ -492,7 +498,7 @@ def ds_snap_flatten(action: Action) -> None:
     return None
 
 
-def _revert(group: GroupClient, volume: str, snap_id: int) -> None:
+def revert_to_snapshot(group: GroupClient, volume: str, snap_id: int) -> None:
     """Offline, restore from the image snapshot, drop the group's automatic snapshot of
     the state before, online again; refused while the volume has iSCSI connections."""
     name = snapshot_name(volume, snap_id)
@@ -513,7 +519,7 @@ def _revert(group: GroupClient, volume: str, snap_id: int) -> None:
             log_info(f"deleting {automatic}, the group's snapshot of the state before")
             group.delete_snapshot(volume, automatic)
     except BaseException:
-        _cleanup(f"set volume {volume} online again", lambda: group.set_online(volume, True))
+        undo_logged(f"set volume {volume} online again", lambda: group.set_online(volume, True))
         raise
     log_info(f"setting volume {volume} online")
     group.set_online(volume, True)
