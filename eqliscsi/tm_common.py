@@ -71,7 +71,7 @@ VOLATILE_TYPES = ("fs", "swap")
 
 _ID = re.compile(r"\d{1,10}")
 _VM_DESCRIPTION = re.compile(r"OpenNebula VM (\d{1,10}) disk (\d{1,10})(?: |$)")
-_LEGACY_DESCRIPTION = re.compile(r"Clone (\d{1,10}) of ")
+_LEGACY_DESCRIPTION = re.compile(r"'?Clone (\d{1,10}) of ")  # 2014 kept literal quotes
 _CLONE_NAME = re.compile(r".+-v(\d{1,10})-d(\d{1,4})")
 _VOLATILE_NAME = re.compile(r"vm(\d{1,10})-disk(\d{1,4})")
 
@@ -96,11 +96,18 @@ def object_id(text: str, what: str, minimum: int = 0) -> int:
     return value
 
 
-def disk_argument(text: str) -> Tuple[HostPath, int]:
-    """A ``host:<system ds>/<vm>/disk.N`` argument and its N."""
+def disk_argument(text: str, vm_arg: str) -> Tuple[HostPath, int]:
+    """A ``host:<system ds>/<vm>/disk.N`` argument and its N; the disk must be in the
+    directory of VM ``vm_arg`` (checked before anything is fetched or sent)."""
     place = parse_host_path(text)
     if place.disk_id is None:
         raise InputError(f"invalid disk argument {text[:120]!r}: expected host:path/disk.N")
+    vm_id = object_id(vm_arg, "VM id")
+    directory = posixpath.dirname(place.path)
+    if (not place.path.startswith("/") or posixpath.basename(directory) != str(vm_id)
+            or directory.count("/") < 2):
+        raise InputError(f"invalid disk argument {text[:120]!r}: expected "
+                         f"host:<system datastore>/{vm_id}/disk.N")
     return place, place.disk_id
 
 
@@ -145,13 +152,20 @@ def volume_vm_disk(name: str) -> Optional[Tuple[int, int]]:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def owned_by(description: str, vm_id: int, disk_id: int) -> bool:
-    """Whether a volume description names this VM's disk (2014 clones: this VM)."""
+def description_vm_disk(description: str) -> Optional[Tuple[int, Optional[int]]]:
+    """(VM id, disk id) a VM volume's description names; the disk is None for the 2014
+    driver's ``Clone <vm> of ...``; None for any other description."""
     match = _VM_DESCRIPTION.match(description)
     if match:
-        return (int(match.group(1)), int(match.group(2))) == (vm_id, disk_id)
+        return int(match.group(1)), int(match.group(2))
     legacy = _LEGACY_DESCRIPTION.match(description)
-    return legacy is not None and int(legacy.group(1)) == vm_id
+    return (int(legacy.group(1)), None) if legacy else None
+
+
+def owned_by(description: str, vm_id: int, disk_id: int) -> bool:
+    """Whether a volume description names this VM's disk (2014 clones: this VM)."""
+    owner = description_vm_disk(description)
+    return owner is not None and owner[0] == vm_id and owner[1] in (None, disk_id)
 
 
 # --- VM disks ----------------------------------------------------------------------------
