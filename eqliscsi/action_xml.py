@@ -97,7 +97,7 @@ class ElementView:
     def required_int(self, name: str) -> int:
         """Child ``name`` as an integer; InputError if missing, empty or not an integer."""
         value = self.required_text(name).strip()
-        if not re.fullmatch(r"-?\d{1,18}", value):
+        if not re.fullmatch(r"-?[0-9]{1,18}", value, re.ASCII):  # \d takes any script's digits
             raise InputError(f"{self.location}/{name} is not an integer: {value[:40]!r}")
         return int(value)
 

@@ -392,6 +392,10 @@ def ds_clone(action: Action) -> str:
     config = action_config(action, datastore, image)
     source = volume_from_source(image.path)
     volume = image_volume_name(image.name, image_id)
+    size_mb = image.size_mb  # checked before the group is contacted
+    if size_mb < 1:
+        raise InputError(f"invalid image SIZE {size_mb} MB")
+    cli_commands.volume_size(volume, size_mb)  # InvalidValue when too large for the group
     with sigterm_fails(), group_client(config) as group:
         replace_leftover(group, volume, image_id)
         log_info(f"cloning volume {source} (image {image.text('CLONING_ID', '?')}) "
@@ -399,7 +403,7 @@ def ds_clone(action: Action) -> str:
         group.clone_volume(source, volume, description=image_description(image_id, image.name),
                            online=True, snap_reserve=config.snap_reserve)
         with delete_on_failure(group, volume):
-            prepare_clone(group, config, volume, image.size_mb)
+            prepare_clone(group, config, volume, size_mb)
     return f"{volume} raw"
 
 
@@ -491,10 +495,13 @@ def ds_snap_flatten(action: Action) -> None:
     volume = volume_from_source(image.source)
     with sigterm_fails(), group_client(config) as group:
         revert_to_snapshot(group, volume, image.target_snapshot)
-        for snapshot in group.list_snapshots(volume):
-            if snapshot_id(volume, snapshot.name) is not None:
-                log_info(f"deleting snapshot {snapshot.name} of volume {volume}")
-                group.delete_snapshot(volume, snapshot.name)
+        target = snapshot_name(volume, image.target_snapshot)
+        ours = [snapshot.name for snapshot in group.list_snapshots(volume)
+                if snapshot_id(volume, snapshot.name) is not None]
+        # the target last: until it is gone, a flatten that failed half-way can be re-run
+        for name in sorted(ours, key=lambda name: name == target):
+            log_info(f"deleting snapshot {name} of volume {volume}")
+            group.delete_snapshot(volume, name)
     return None
 
 

@@ -62,7 +62,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.client import HTTPException
+from http.client import HTTPException, HTTPResponse
 from itertools import chain
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -271,8 +271,7 @@ def _fetch_url(url: str, stage: Path, options: FetchOptions) -> Path:
         log_info(f"downloading {shown}")
         checksums = _Checksums(options, shown)
         try:
-            data = checksums.feed(_paced(iter(lambda: response.read1(READ_CHUNK), b""),
-                                         rate, deadline, shown))
+            data = checksums.feed(_paced(_complete(response, shown), rate, deadline, shown))
             head = b""
             for chunk in data:
                 head += chunk
@@ -288,6 +287,20 @@ def _fetch_url(url: str, stage: Path, options: FetchOptions) -> Path:
         except (HTTPException, OSError) as exc:
             raise DriverError(f"cannot fetch {shown}: {exc}") from None
         return result
+
+
+def _complete(response: HTTPResponse, origin: str) -> Iterator[bytes]:
+    """The response body; DriverError when the connection ends before Content-Length
+    bytes arrived (``read1`` just returns ``b""`` then, so a truncated download would
+    otherwise be taken for the whole image)."""
+    declared = (response.headers.get("Content-Length") or "").strip()
+    total = 0
+    for chunk in iter(lambda: response.read1(READ_CHUNK), b""):
+        total += len(chunk)
+        yield chunk
+    if declared.isdigit() and total != int(declared):
+        raise DriverError(f"cannot fetch {origin}: the connection ended after {total} of "
+                          f"{declared} bytes")
 
 
 def _parse_rate(text: str) -> Optional[int]:

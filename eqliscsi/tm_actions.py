@@ -82,7 +82,7 @@ def tm_clone(action: Action) -> None:
     source_arg, dst_arg, vm_arg, ds_arg = arguments(
         action, (4,), "fe:SOURCE host:path/disk.N vmid dsid")
     image_volume = volume_from_tm_source(source_arg)
-    dst, disk_id = disk_argument(dst_arg)
+    dst, disk_id = disk_argument(dst_arg, vm_arg)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with sigterm_fails(), tm_session(action) as tm:
         disk = tm.one.vm(vm_id).disk(disk_id)
@@ -132,7 +132,7 @@ def tm_ln(action: Action) -> None:
     source_arg, dst_arg, vm_arg, ds_arg = arguments(
         action, (4,), "fe:SOURCE host:path/disk.N vmid dsid")
     image_volume = volume_from_tm_source(source_arg)
-    dst, _ = disk_argument(dst_arg)
+    dst, _ = disk_argument(dst_arg, vm_arg)
     object_id(vm_arg, "VM id")
     ds_id = object_id(ds_arg, "datastore id")
     with tm_session(action) as tm:
@@ -165,7 +165,7 @@ def _volatile(action: Action, size_arg: str, dst_arg: str, vm_arg: str, ds_arg: 
     """Make (or take over from an earlier attempt) volume ``vm<vm>-disk<N>`` in the
     system datastore's pool and link it; ``fs`` None: the disk's FS attribute."""
     size_mb = object_id(size_arg, "size in MB", minimum=1)
-    dst, disk_id = disk_argument(dst_arg)
+    dst, disk_id = disk_argument(dst_arg, vm_arg)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with sigterm_fails(), tm_session(action) as tm:
         if fs is None:
@@ -227,7 +227,7 @@ def tm_context(action: Action) -> None:
         raise InputError("context: expected the arguments context.sh [file...] "
                          f"host:path/disk.N vmid dsid, got {len(action.args)}")
     *files, dst_arg, vm_arg, ds_arg = action.args
-    dst, _ = disk_argument(dst_arg)
+    dst, _ = disk_argument(dst_arg, vm_arg)
     object_id(vm_arg, "VM id")
     object_id(ds_arg, "datastore id")
     entries = [_context_entry(item) for item in files]
@@ -324,7 +324,7 @@ def tm_mvds(action: Action) -> None:
     save-as) gets a clone of the disk, and a VM's own volume is then deleted."""
     disk_arg, source_arg, vm_arg, ds_arg = arguments(
         action, (4,), "host:path/disk.N SOURCE vmid dsid")
-    place, disk_id = disk_argument(disk_arg)
+    place, disk_id = disk_argument(disk_arg, vm_arg)
     target = source_volume(source_arg)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with sigterm_fails(), tm_session(action) as tm:
@@ -353,7 +353,7 @@ def tm_cpds(action: Action) -> None:
     args = arguments(action, (4, 5), "host:path/disk.N SOURCE [snap_id] vmid dsid")
     disk_arg, source_arg, vm_arg, ds_arg = args[:2] + args[-2:]
     snap_id = object_id(args[2], "snapshot id", minimum=-1) if len(args) == 5 else -1
-    _, disk_id = disk_argument(disk_arg)
+    _, disk_id = disk_argument(disk_arg, vm_arg)
     target = source_volume(source_arg)
     image_id = _image_id(target)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
@@ -410,7 +410,7 @@ def tm_delete(action: Action) -> None:
     if place.disk_id is None:
         _delete_vm_dir(action, vm_dir_argument(path_arg, vm_id), vm_id, ds_id)
         return
-    disk_id = place.disk_id
+    place, disk_id = disk_argument(path_arg, vm_arg)
     with tm_session(action) as tm:
         disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
         config = tm.config(disk.datastore_id)
@@ -466,7 +466,7 @@ def tm_resize(action: Action) -> None:
     rescan on the host so the guest can see the new size."""
     disk_arg, size_arg, vm_arg, ds_arg = arguments(
         action, (4,), "host:path/disk.N size vmid dsid")
-    place, disk_id = disk_argument(disk_arg)
+    place, disk_id = disk_argument(disk_arg, vm_arg)
     size_mb = object_id(size_arg, "size in MB", minimum=1)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with tm_session(action) as tm:
@@ -488,7 +488,7 @@ def _snapshot_disk(action: Action) -> Tuple[HostPath, int, int, int, int]:
     """The arguments ``host:path/disk.N snap_id vmid dsid``."""
     disk_arg, snap_arg, vm_arg, ds_arg = arguments(
         action, (4,), "host:path/disk.N snap_id vmid dsid")
-    place, disk_id = disk_argument(disk_arg)
+    place, disk_id = disk_argument(disk_arg, vm_arg)
     return (place, disk_id, object_id(snap_arg, "snapshot id"), object_id(vm_arg, "VM id"),
             object_id(ds_arg, "datastore id"))
 
