@@ -19,7 +19,9 @@ client turns that into ``UnexpectedOutput`` naming the command.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 from eqliscsi.cli_commands import SECRET_MASK, CliCommand
@@ -120,6 +122,8 @@ def _mask_secrets(command: CliCommand, line: str) -> str:
 
 _FIELD = re.compile(r"([A-Za-z][A-Za-z0-9 ._()/-]{0,48}?):(?: (.*))?")
 _DASH_GROUP = re.compile(r"-+")
+_TOKEN = re.compile(r"\S+")
+_NOT_KEY_CHAR = re.compile(r"[^a-z0-9]")
 
 
 def parse_fields(lines: Sequence[str]) -> Dict[str, str]:
@@ -155,8 +159,10 @@ def field_value(fields: Dict[str, str], name: str) -> Optional[str]:
     return None
 
 
+@lru_cache(maxsize=512)
 def _normal_key(key: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", key.lower())
+    """Cached: a table of N rows looks every column title up N times."""
+    return _NOT_KEY_CHAR.sub("", key.lower())
 
 
 def parse_table(lines: Sequence[str]) -> List[Dict[str, str]]:
@@ -190,8 +196,8 @@ def parse_table(lines: Sequence[str]) -> List[Dict[str, str]]:
         elif not rows:
             continue
         cells = rows[-1]
-        for token in re.finditer(r"\S+", line):
-            column = max(n for n, start in enumerate(column_starts) if start <= token.start())
+        for token in _TOKEN.finditer(line):
+            column = bisect_right(column_starts, token.start()) - 1
             if continuation or not cells[column]:
                 cells[column] += token.group()
             else:

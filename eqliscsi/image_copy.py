@@ -62,10 +62,9 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.client import HTTPException, HTTPResponse
 from itertools import chain
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from eqliscsi.image_source import (
     HEAD_BYTES,
@@ -76,6 +75,9 @@ from eqliscsi.image_source import (
     open_url,
 )
 from eqliscsi.oned import DriverError, InputError, log_info
+
+if TYPE_CHECKING:  # http.client (~12 ms) is imported only when a URL is fetched
+    from http.client import HTTPResponse
 
 MIB = 1024 * 1024
 SPARSE_BLOCK = 64 * 1024
@@ -265,6 +267,8 @@ class _Checksums:
 
 
 def _fetch_url(url: str, stage: Path, options: FetchOptions) -> Path:
+    from http.client import HTTPException  # loaded by open_url anyway
+
     rate = _parse_rate(options.limit_bw)
     deadline = time.monotonic() + transfer_timeout(options.size_hint_bytes)
     with open_url(url) as (shown, response):
