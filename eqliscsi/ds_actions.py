@@ -354,6 +354,7 @@ def ds_mkfs(action: Action) -> str:
     size_mb = image.size_mb
     if size_mb <= 0:
         raise InputError(f"invalid datablock SIZE {size_mb} MB")
+    cli_commands.volume_size(volume, size_mb)  # InvalidValue when too large for the group
     description = image_description(image_id, image.name)
     with sigterm_fails():
         if fs is None:

@@ -406,7 +406,12 @@ class GroupClient:
             return sorted({s.name for s in self.list_snapshots(volume)} - before)
 
         self._run(command, _done, verify=_once(lambda: bool(added())))
-        new = added()
+        try:
+            new = added()
+        except (CliError, TransportError):
+            # the restore is done: look once more (on a new session if need be), or its
+            # automatic snapshot would be left behind for good
+            new = added()
         return new[-1] if new else None
 
     def delete_snapshot(self, volume: str, snapshot: str) -> bool:
