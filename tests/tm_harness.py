@@ -26,7 +26,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Set
 
@@ -35,6 +34,7 @@ import pytest
 from eqliscsi.group import GroupClient, GroupSettings
 from tests import iscsi_tools
 from tests.conftest import RunningSim
+from tests.ds_harness import DsRun
 from tests.eqlsim.iscsi import TgtBackend
 from tests.eqlsim.state import Volume
 from tests.hosts.fixtures import host_client_key, hosts_factory
@@ -71,28 +71,8 @@ exec cat '{directory}/{kind}-'"$3"'.xml'
 STAND_INS = {"onevm": "vm", "onedatastore": "datastore", "oneimage": "image"}
 
 
-@dataclass(frozen=True)
-class TmRun:
-    """One finished action: exit code, stdout and stderr as text."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def reason(self) -> str:
-        """The failure reason line (the last stderr line), after checking the contract."""
-        assert self.returncode == 1, self.stderr
-        assert self.stdout == ""
-        lines = self.stderr.splitlines()
-        assert f"ERROR: {lines[-2].split(': ', 2)[1]}: {lines[-1]}" == lines[-2], lines
-        return lines[-1]
-
-    def ok(self) -> str:
-        """stdout of a successful run (after checking it succeeded without errors)."""
-        assert self.returncode == 0, self.stderr
-        assert "ERROR" not in self.stderr, self.stderr
-        return self.stdout
+TmRun = DsRun
+"""One finished TM action (the same contract as a DS action's)."""
 
 
 def vm_path(vm_id: int, disk_id: Optional[int] = None) -> str:
