@@ -292,21 +292,9 @@ class GroupClient:
         apply_to: Optional[str] = None,
     ) -> int:
         """Add an access control record to the volume and return its ID."""
-        command = cmd.access_create(volume, initiator=initiator, ipaddress=ipaddress,
-                                    chap_user=chap_user, authmethod=authmethod,
-                                    apply_to=apply_to)
-        criteria = _AccessCriteria(initiator, ipaddress, chap_user, authmethod, apply_to)
-
-        def record_id(lines: List[str]) -> int:
-            created = parse_access_record_id(lines)
-            if created is not None:
-                return created
-            found = self._find_access(volume, criteria)
-            if found is None:
-                raise ValueError("the new access record is neither reported nor listed")
-            return found
-
-        return self._run(command, record_id, verify=lambda: self._find_access(volume, criteria))
+        return self._add_access(
+            volume, _AccessCriteria(initiator, ipaddress, chap_user, authmethod, apply_to),
+            reuse_equal=False)
 
     def ensure_access(
         self,
@@ -320,15 +308,30 @@ class GroupClient:
     ) -> int:
         """The ID of an equal access record, creating it only if there is none (so a
         live migration does not stack duplicate records: Cinder bug 1726591)."""
-        cmd.access_create(volume, initiator=initiator, ipaddress=ipaddress,  # validates
-                          chap_user=chap_user, authmethod=authmethod, apply_to=apply_to)
-        criteria = _AccessCriteria(initiator, ipaddress, chap_user, authmethod, apply_to)
-        existing = self._find_access(volume, criteria)
-        if existing is not None:
-            return existing
-        return self.create_access(volume, initiator=initiator, ipaddress=ipaddress,
-                                  chap_user=chap_user, authmethod=authmethod,
-                                  apply_to=apply_to)
+        return self._add_access(
+            volume, _AccessCriteria(initiator, ipaddress, chap_user, authmethod, apply_to),
+            reuse_equal=True)
+
+    def _add_access(self, volume: str, criteria: _AccessCriteria, reuse_equal: bool) -> int:
+        command = cmd.access_create(  # validated before any round trip
+            volume, initiator=criteria.initiator, ipaddress=criteria.ipaddress,
+            chap_user=criteria.chap_user, authmethod=criteria.authmethod,
+            apply_to=criteria.apply_to)
+        if reuse_equal:
+            existing = self._find_access(volume, criteria)
+            if existing is not None:
+                return existing
+
+        def record_id(lines: List[str]) -> int:
+            created = parse_access_record_id(lines)
+            if created is not None:
+                return created
+            found = self._find_access(volume, criteria)
+            if found is None:
+                raise ValueError("the new access record is neither reported nor listed")
+            return found
+
+        return self._run(command, record_id, verify=lambda: self._find_access(volume, criteria))
 
     def list_access(self, volume: str) -> List[AccessRecord]:
         """The volume's access control records."""
