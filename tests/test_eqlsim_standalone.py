@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -170,3 +172,36 @@ def test_iscsi_module_choice(monkeypatch, capsys):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert standalone._iscsi_module("auto") is None
     assert "needs root and tgtd" in capsys.readouterr().err
+
+
+@pytest.mark.iscsi
+def test_sigkilled_simulator_leaves_no_tgtd(tmp_path):
+    """tgtd ignores SIGTERM and would outlive a killed simulator unless told otherwise."""
+    from tests import iscsi_tools
+
+    iscsi_tools.require_iscsi()
+    process = start(tmp_path, "--iscsi", "on")
+    try:
+        assert read_line(process).startswith("eqlsim listening on ")
+        tgtd = json.loads((tmp_path / "state" / "tgt" / "tgtd.pid").read_text())["pid"]
+        assert Path(f"/proc/{tgtd}/cmdline").read_bytes().split(b"\0")[0] == b"tgtd"
+        process.kill()
+        process.wait(timeout=10)
+        for _ in range(100):  # bounded: the kernel sends the parent-death signal at once
+            if _gone(tgtd):
+                break
+            time.sleep(0.05)
+        assert _gone(tgtd)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+def _gone(pid: int) -> bool:
+    """No such process any more, or only a zombie waiting for PID 1 to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"

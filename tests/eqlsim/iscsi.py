@@ -77,7 +77,7 @@ LUN_IDLE_TIMEOUT = 5.0
 GROUP_IP_RANGE = (20, 250)  # 127.0.0.N candidates for pick_free_group_ip
 SCSI_ID_PREFIX = "6090a028"  # EqualLogic's NAA prefix
 VENDOR_PARAMS = "vendor_id=EQLOGIC,product_id=100E-00,product_rev=10.0"
-REQUIRED_TOOLS = ("tgtd", "tgtadm")
+REQUIRED_TOOLS = ("tgtd", "tgtadm", "setpriv")
 # Without any target tgtd fails SendTargets instead of answering with an empty list, so a
 # target without LUN and without access (visible to nobody) always exists as tid 1.
 PLACEHOLDER_IQN = "iqn.2001-05.com.equallogic:eqlsim-placeholder-never-visible"
@@ -336,7 +336,10 @@ class TgtBackend(FileBackend):
             if not port_is_free(self.group_ip):
                 raise BackendUnavailable(f"iSCSI portal {self.portal} is busy")
             self._run_dir = Path(tempfile.mkdtemp(prefix="eqlsim-tgt-"))
-            cmd = ["tgtd", "-f", "--iscsi", f"portal={self.portal}", "-C", str(self._control_port)]
+            # setpriv: tgtd dies with the process that started it, so a SIGKILLed simulator or
+            # test run cannot leave it behind (setpriv sets the flag and execs: same PID).
+            cmd = ["setpriv", "--pdeathsig", "KILL", "tgtd", "-f", "--iscsi",
+                   f"portal={self.portal}", "-C", str(self._control_port)]
             try:
                 with open(self.log_path, "ab") as log:
                     self._proc = subprocess.Popen(
