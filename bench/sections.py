@@ -18,7 +18,7 @@ from bench.measure import Samples, Table, Timed, median, ms, ratio, run_timed
 from bench.world import World, world
 from tests.ds_harness import FRONTEND, DsHarness, ds_xml
 from tests.eqlsim.state import StateStore, Volume
-from tests.oned_xml import action_xml, b64, datastore_xml, stat_action_xml
+from tests.oned_xml import action_xml, b64, datastore_xml, image_xml, stat_action_xml, vm_xml
 from tests.tm_harness import (
     IMAGE_DS,
     LUN,
@@ -550,8 +550,9 @@ def scale_section(opts: Options) -> List[Table]:
         table.rows.append([name, *values])
     table.note = ("TM monitor with MONITOR_VM_DISKS=1 (one `volume show`, VM disk sizes to "
                   "send_to_monitor), DS monitor (`pool select ... show`) and the admin tool "
-                  "(`python -m eqliscsi volumes --json`, one run, stopped after "
-                  f"{ADMIN_TIMEOUT:.0f} s) "
+                  "(`python -m eqliscsi ... --json`, one run each, stopped after "
+                  f"{ADMIN_TIMEOUT:.0f} s; `orphans` with OpenNebula's lists owning all but "
+                  f"every {ORPHAN_EVERY}th image and VM of the pool, 10 orphans) "
                   "run as subprocesses (wall ms, peak RSS of the process); list_volumes in "
                   "this process (`volume show` round trip, then the parse alone, timed without "
                   "tracemalloc, and its tracemalloc peak in a separate run). Medians of "
@@ -599,25 +600,51 @@ def scale_measure(w: World, tm: TmHarness, reps: int) -> Dict[str, str]:
 
 
 ADMIN_TIMEOUT = 60.0
+ORPHAN_EVERY = 400  # fill_pool's images and VMs left out of OpenNebula's lists: 5 + 5 orphans
 
 
 def admin_listing(w: World, tm: TmHarness) -> Dict[str, str]:
-    """``python -m eqliscsi volumes --json`` once (it is slow with many volumes: bounded)."""
+    """The admin tool's ``volumes``, ``orphans`` and ``volumes --details`` once each (slow
+    ones stopped after ``ADMIN_TIMEOUT``)."""
+    count = len(w.sim.load_state().volumes)
+    images = tm.base / "images.xml"
+    images.write_text("<IMAGE_POOL>" + "".join(
+        image_xml(ID=str(index), SOURCE=f"img{index}.{index}") for index in range(0, count, 4)
+        if index % ORPHAN_EVERY) + "</IMAGE_POOL>")
+    vms = tm.base / "vms.xml"
+    vms.write_text("<VM_POOL>" + "".join(
+        vm_xml(str(index)) for index in range(count)
+        if index % 4 and index % ORPHAN_EVERY != 1) + "</VM_POOL>")
+    result: Dict[str, str] = {}
+    for label, args in (("`volumes`", ["volumes"]),
+                        ("`orphans`", ["orphans", "--images-xml", str(images),
+                                       "--vms-xml", str(vms)]),
+                        ("`volumes --details`", ["volumes", "--details"])):
+        result.update(admin_run(w, tm, label, args))
+    return result
+
+
+def admin_run(w: World, tm: TmHarness, label: str, args: List[str]) -> Dict[str, str]:
+    """``python -m eqliscsi ARGS --json`` once: wall ms, CLI commands and sessions (counted
+    once the group has ended the sessions: a stopped run's last commands still run)."""
     before = len(w.sim.commands())
-    done = run_timed([PY, "-m", "eqliscsi", "volumes", "--json", "--conf", str(tm.conf)],
+    done = run_timed([PY, "-m", "eqliscsi", *args, "--json", "--conf", str(tm.conf)],
                      env=tm.env(), cwd=str(Path(__file__).resolve().parent.parent),
                      timeout=ADMIN_TIMEOUT)
-    sent = len(w.sim.commands()) - before
+    w.sim.wait_sessions(0, timeout=ADMIN_TIMEOUT)
+    sent = w.sim.commands()[before:]
+    sessions = len({(entry["conn"], entry["session"]) for entry in sent})
+    commands = f"{len(sent)} over {sessions} session{'s' * (sessions != 1)}"
     if done.returncode == 0:
-        return {"admin `volumes --json` ms": ms(done.seconds),
-                "admin peak RSS MiB": f"{done.maxrss_kib / 1024:.0f}",
-                "admin CLI commands": str(sent)}
+        return {f"admin {label} ms": ms(done.seconds),
+                f"admin {label} peak RSS MiB": f"{done.maxrss_kib / 1024:.0f}",
+                f"admin {label} CLI commands": commands}
     if done.seconds >= ADMIN_TIMEOUT:
-        return {"admin `volumes --json` ms": f"> {ADMIN_TIMEOUT * 1000:.0f} (stopped)",
-                "admin peak RSS MiB": f"{done.maxrss_kib / 1024:.0f}",
-                "admin CLI commands": f"{sent} in {ADMIN_TIMEOUT:.0f} s"}
+        return {f"admin {label} ms": f"> {ADMIN_TIMEOUT * 1000:.0f} (stopped)",
+                f"admin {label} peak RSS MiB": f"{done.maxrss_kib / 1024:.0f}",
+                f"admin {label} CLI commands": f"{commands} in {ADMIN_TIMEOUT:.0f} s"}
     reason = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
-    return {"admin `volumes --json` ms": f"failed: {' '.join(reason)[:80]}"}
+    return {f"admin {label} ms": f"failed: {' '.join(reason)[:80]}"}
 
 
 SECTIONS: Dict[str, Callable[[Options], List[Table]]] = {

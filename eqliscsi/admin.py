@@ -24,16 +24,19 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Set, TextIO, Tuple
 
 from eqliscsi import config as conf_module
 from eqliscsi import install as installer
 from eqliscsi import inventory, oned_conf
+from eqliscsi.cli_output import PoolCapacity, VolumeInfo, VolumeSummary
 from eqliscsi.config import DriverConfig
-from eqliscsi.errors import EqlError
+from eqliscsi.errors import EqlError, NotFound, TransportError
 from eqliscsi.group import GroupClient, GroupSettings
 from eqliscsi.oned import ConfigError, DriverError, failure_reason
 
@@ -394,34 +397,154 @@ def _read_list(path: Optional[str], command: List[str]) -> Tuple[bytes, bool]:
 
 # --- volumes and orphans -----------------------------------------------------------------
 
-def read_volumes(group: GroupClient, pool: Optional[str]) -> Tuple[List[inventory.VolumeRow],
-                                                             Dict[str, inventory.Owner]]:
-    """The volumes of ``pool`` (every pool: None) with their owners, and the owners of all
-    of the group's volumes by name (one ``show`` per volume, with progress)."""
-    summaries = group.list_volumes()
-    progress = Progress("reading volumes", len(summaries))
-    rows: List[inventory.VolumeRow] = []
-    owners: Dict[str, inventory.Owner] = {}
+DETAIL_SESSIONS = 4  # sessions reading volume details at once (at most EQL_MAX_SESSIONS - 1)
+VOLUMES_PER_SESSION = 25  # one more such session for every this many volumes to read
+
+
+@dataclass
+class Listing:
+    """The group's volumes (``volume show``), which of them are in ``home_pool`` if known,
+    and the details (``volume select X show``) read so far: of every listed volume not in
+    ``members`` (``read_volumes``)."""
+
+    pool: Optional[str]  # the pool listed, None: every pool
+    home_pool: str
+    members: Optional[Set[str]]  # the volumes in home_pool, None: not known
+    summaries: Dict[str, VolumeSummary]
+    details: Dict[str, Optional[VolumeInfo]] = field(default_factory=dict)  # None: gone
+
+    def listed(self) -> List[str]:
+        """The volumes of the listed pool, as far as known without details."""
+        return [name for name in sorted(self.summaries) if self.pool is None
+                or self.members is None or name in self.members]
+
+    def needs_details(self, name: str) -> bool:
+        """Whether only the volume's details tell its pool or its owner."""
+        return (self.members is None or name not in self.members
+                or inventory.name_owner(name) is None)
+
+    def read(self, group: GroupClient, names: Sequence[str]) -> None:
+        """Read the details of those of ``names`` not read yet."""
+        self.details.update(read_details(group, sorted(
+            {name for name in names if name in self.summaries} - set(self.details))))
+
+    @property
+    def rows(self) -> List[inventory.VolumeRow]:
+        """The volumes of the listed pool with their owners, by name."""
+        rows = []
+        for name in self.listed():
+            if name not in self.details:
+                summary = self.summaries[name]
+                rows.append(inventory.VolumeRow(
+                    name, summary.size_mb, self.home_pool, summary.status,
+                    summary.connections, None, inventory.name_owner(name) or inventory.Owner()))
+                continue
+            info = self.details[name]
+            if info is not None and self.pool in (None, info.pool):
+                rows.append(inventory.VolumeRow(
+                    name, info.size_mb, info.pool, info.status, info.connections,
+                    info.description, inventory.volume_owner(name, info.description)))
+        return rows
+
+    @property
+    def owners(self) -> Dict[str, inventory.Owner]:
+        """The owner of every volume of the group, by name."""
+        owners = {}
+        for name in self.summaries:
+            info = self.details.get(name)
+            if info is not None:
+                owners[name] = inventory.volume_owner(name, info.description)
+            elif name not in self.details:
+                owners[name] = inventory.name_owner(name) or inventory.Owner()
+        return owners
+
+
+def read_volumes(group: GroupClient, pool: Optional[str], home_pool: str,
+                 details: bool) -> Listing:
+    """The volumes of ``pool`` (every pool: None) from ``volume show`` and ``pool select P
+    show`` (``pool``, else ``home_pool``), with the details of those whose name does not
+    tell their owner or whose pool is not known (with ``details``: of all of them)."""
+    summaries = {summary.name: summary for summary in group.list_volumes()}
+    members: Optional[Set[str]] = None
     try:
-        for index, summary in enumerate(summaries, start=1):
-            progress.step(index, summary.name)
-            info = group.show_volume(summary.name)
-            owner = inventory.volume_owner(info.name, info.description)
-            owners[info.name] = owner
-            if pool is None or info.pool == pool:
-                rows.append(inventory.VolumeRow(info.name, info.size_mb, info.pool,
-                                                info.status, info.connections,
-                                                info.description, owner))
+        members = pool_members(*group.pool_volume_names(pool or home_pool), set(summaries))
+    except NotFound:  # every pool listed, EQL_POOL gone: the details tell the pools
+        if pool is not None:
+            raise
+    listing = Listing(pool, pool or home_pool, members, summaries)
+    listing.read(group, [name for name in listing.listed()
+                         if details or listing.needs_details(name)])
+    return listing
+
+
+def pool_members(capacity: PoolCapacity, listed: List[str],
+                 names: Set[str]) -> Optional[Set[str]]:
+    """The volumes of ``names`` (all of the group's) in a pool, None when its ``pool select
+    P show`` (``capacity``, the names in its volume table) does not tell them for sure: the
+    table must name TotalVolumes volumes, all in ``names``; without a table, only a pool
+    holding every volume is sure."""
+    members = set(listed)
+    if len(members) == len(listed) == capacity.volumes and members <= names:
+        return members
+    if not listed and capacity.volumes == len(names):
+        return set(names)
+    return None
+
+
+def read_details(group: GroupClient, names: Sequence[str]) -> Dict[str, Optional[VolumeInfo]]:
+    """``volume select X show`` of every name (None: deleted since it was listed), over
+    ``group``'s session and more that get a free session slot at once, without waiting:
+    one per ``VOLUMES_PER_SESSION`` volumes, ``DETAIL_SESSIONS`` and EQL_MAX_SESSIONS - 1
+    at most (a slot stays for the driver's actions)."""
+    pending = list(reversed(names))
+    found: Dict[str, Optional[VolumeInfo]] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    progress = Progress("reading volume details", len(names))
+    sessions = min(DETAIL_SESSIONS, group.settings.max_sessions - 1,
+                   -(-len(names) // VOLUMES_PER_SESSION))
+
+    def work(client: GroupClient) -> None:
+        try:
+            while not stop.is_set():
+                with lock:
+                    if not pending:
+                        return
+                    name = pending.pop()
+                    progress.step(len(names) - len(pending), name)
+                info = client.find_volume(name)
+                with lock:
+                    found[name] = info
+        except BaseException:
+            stop.set()
+            raise
+
+    def work_in_another_session() -> None:
+        with GroupClient(replace(group.settings, slot_wait=0.0)) as client:
+            try:
+                client.connect()
+            except TransportError:
+                return  # no free slot or no session now: the other sessions do the work
+            work(client)
+
+    workers = ThreadPoolExecutor(max(sessions - 1, 1))
+    try:
+        others = [workers.submit(work_in_another_session) for _ in range(sessions - 1)]
+        work(group)
+        for other in others:
+            other.result()
     finally:
+        stop.set()
+        workers.shutdown()
         progress.done()
-    return sorted(rows, key=lambda row: row.name), owners
+    return found
 
 
 def cmd_volumes(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     pool = None if args.all_pools else args.pool or settings.config.pool
     with GroupClient(settings.config.group_settings()) as group:
-        rows, _ = read_volumes(group, pool)
+        rows = read_volumes(group, pool, settings.config.pool, args.details).rows
     headers = ["VOLUME", "SIZE", "POOL", "STATUS", "CONN", "OWNER", "FROM"]
     text = table(headers, [[r.name, human_size(r.size_mb), r.pool, r.status,
                             str(r.connections), str(r.owner), r.owner.evidence or "-"]
@@ -471,6 +594,22 @@ def host_sessions(names: Sequence[str], config: DriverConfig) -> Iterator[
         progress.done()
 
 
+def find_orphans(group: GroupClient, listing: Listing, images: Sequence[inventory.OneImage],
+                 vms: Sequence[inventory.OneVm], sessions: Sequence[inventory.Session],
+                 portals: Set[str]) -> Tuple[List[inventory.VolumeRow],
+                                             List[inventory.Session]]:
+    """The orphaned volumes and sessions (``inventory``), each verdict made with the
+    volume's description: read now where the name told the owner."""
+    def verdicts() -> Tuple[List[inventory.VolumeRow], List[inventory.Session]]:
+        return (inventory.orphan_volumes(listing.rows, images, vms),
+                inventory.orphan_sessions(sessions, portals, listing.owners, vms))
+
+    volumes, orphaned = verdicts()
+    listing.read(group, [row.name for row in volumes]
+                 + [session.volume or "" for session in orphaned])
+    return verdicts()
+
+
 def cmd_orphans(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     config = settings.config
@@ -479,18 +618,18 @@ def cmd_orphans(args: argparse.Namespace) -> int:
     images = inventory.parse_images(images_data)
     hosts = args.host or ([] if args.vms_xml else one_hosts())
     vms = _vms(args, need_disks=bool(hosts))
-    with GroupClient(config.group_settings()) as group:
-        rows, owners = read_volumes(group, pool)
-        portals = {str(config.portal)} if config.portal else {f"{group.group_ip()}:3260"}
-    volumes = inventory.orphan_volumes(rows, images, vms)
-    sessions: List[inventory.Session] = []
+    found: List[inventory.Session] = []
     unreachable: List[Dict[str, str]] = []
-    for name, found, error in host_sessions(hosts, config):
-        if found is None:
+    for name, sessions_of_host, error in host_sessions(hosts, config):
+        if sessions_of_host is None:
             unreachable.append({"host": name, "error": error})
         else:
-            sessions += inventory.orphan_sessions(found, portals, owners, vms)
-    unrecognised = sum(1 for r in rows if r.owner.kind == inventory.NONE)
+            found += sessions_of_host
+    with GroupClient(config.group_settings()) as group:
+        listing = read_volumes(group, pool, config.pool, details=False)
+        portals = {str(config.portal)} if config.portal else {f"{group.group_ip()}:3260"}
+        volumes, sessions = find_orphans(group, listing, images, vms, found, portals)
+    unrecognised = sum(1 for r in listing.rows if r.owner.kind == inventory.NONE)
     where = "all pools" if pool is None else f"pool {pool}"
     parts = [f"Volumes no image or VM owns ({where}):"]
     parts.append(table(["VOLUME", "SIZE", "OWNER", "WHY"],
@@ -616,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("volumes", help="the pool's volumes and who owns them")
     _settings_options(sub)
     _pool_options(sub)
+    sub.add_argument("--details", action="store_true", help="read every volume's "
+                     "description (one command per volume), not only of those whose "
+                     "name does not tell the owner")
     sub.set_defaults(func=cmd_volumes)
 
     sub = commands.add_parser("orphans", help="volumes and host sessions nothing uses")

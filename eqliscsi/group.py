@@ -30,7 +30,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Type, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Type, TypeVar
 
 from eqliscsi import cli_commands as cmd
 from eqliscsi.cli_output import (
@@ -51,6 +51,7 @@ from eqliscsi.cli_output import (
     parse_snapshot_info,
     parse_snapshot_list,
     parse_snapshot_name,
+    parse_table,
     parse_target_iqn,
     parse_volume_info,
     parse_volume_list,
@@ -444,6 +445,12 @@ class GroupClient:
     def pool_capacity(self, pool: str) -> PoolCapacity:
         """Capacity of a storage pool in MB."""
         return self._run(cmd.pool_show(pool), parse_pool_capacity)
+
+    def pool_volume_names(self, pool: str) -> Tuple[PoolCapacity, List[str]]:
+        """``pool select P show``: the pool's capacity and the names in the volume table
+        its output lists (empty without a table)."""
+        return self._run(cmd.pool_show(pool), lambda lines: (
+            parse_pool_capacity(lines), [row.get("Name", "") for row in parse_table(lines)]))
 
     def group_params(self) -> Dict[str, str]:
         """The ``grpparams show`` fields."""

@@ -11,6 +11,11 @@ Owner of a volume, first match wins:
 
 Anything else is not recognised as OpenNebula's and never reported as an orphan.
 
+This driver and the 2014 one never give a volume with one of these names a description
+that names another owner, so such a name settles the owner alone (``name_owner``):
+listings read the descriptions of the other volumes only.  An orphan verdict is always
+made with the description read.
+
 Orphans, given OpenNebula's images and VMs (``oneimage list -x``, ``onevm list -x``):
 
 * a volume whose owning image or VM does not exist (an image volume also counts as owned
@@ -74,23 +79,30 @@ def volume_owner(name: str, description: str) -> Owner:
     if image_id is not None:
         return Owner(IMAGE, image_id=image_id, evidence="description")
     described = description_vm_disk(description)
-    legacy = _LEGACY_CLONE_NAME.fullmatch(name)
     if described is not None:
         vm_id, disk_id = described
         if disk_id is not None:
             return Owner(VM, vm_id=vm_id, disk_id=disk_id, evidence="description")
+        legacy = _LEGACY_CLONE_NAME.fullmatch(name)
         return Owner(VM, vm_id=vm_id, image_id=int(legacy.group(1)) if legacy else None,
                      evidence="2014 description")
+    return name_owner(name) or Owner()
+
+
+def name_owner(name: str) -> Optional[Owner]:
+    """The owner the name of volume ``name`` tells (rule 2 of the module docstring), None
+    when only its description can."""
     named = volume_vm_disk(name)
     if named is not None:
         return Owner(VM, vm_id=named[0], disk_id=named[1], evidence="name")
+    legacy = _LEGACY_CLONE_NAME.fullmatch(name)
     if legacy is not None:
         return Owner(VM, image_id=int(legacy.group(1)), vm_id=int(legacy.group(2)),
                      evidence="2014 name")
     match = _IMAGE_NAME.fullmatch(name)
     if match:
         return Owner(IMAGE, image_id=int(match.group(1)), evidence="name")
-    return Owner()
+    return None
 
 
 def volume_of_target(iqn: str) -> Optional[str]:
@@ -194,7 +206,7 @@ class VolumeRow:
     pool: str
     status: str
     connections: int
-    description: str
+    description: Optional[str]  # None: not read, the name told the owner
     owner: Owner = field(default_factory=Owner)
     why: str = ""
 

@@ -15,12 +15,14 @@ from typing import Dict, List, Tuple
 import pytest
 
 from eqliscsi import inventory
-from eqliscsi.admin import Progress, main, table
+from eqliscsi.admin import Progress, main, pool_members, table
+from eqliscsi.cli_output import PoolCapacity
 from eqliscsi.config import load_conf_file, resolve_config
 from eqliscsi.ds_actions import image_description
 from eqliscsi.group import GroupClient, GroupSettings
 from eqliscsi.host_iscsi import DiskLink, Host, VolumeTarget
 from eqliscsi.naming import clone_volume_name
+from eqliscsi.session_slots import SessionSlots
 from eqliscsi.tm_common import legacy_clone_name, vm_disk_description, volatile_volume_name
 from tests.conftest import RunningSim
 from tests.eqlsim.server import load_host_key
@@ -190,34 +192,121 @@ def volumes(admin: Admin) -> Admin:
     return admin
 
 
-def test_volumes_table(volumes, capsys):
-    code, out, _ = volumes.run(capsys, "volumes")
+LISTED = {  # volume of pool default: owner, what its name tells, what its description tells
+    "backup-lun": ("-", "-", "-"),
+    "old.13": ("image 13", "name", "description"),
+    OLD_IMAGE: ("image 7", "name", "name"),
+    OLD_CLONE: ("VM 99 (image 7)", "2014 name", "2014 description"),
+    "ubuntu.42": ("image 42", "name", "description"),
+    CLONE: ("VM 117 disk 0", "name", "description"),
+    VOLATILE: ("VM 117 disk 2", "name", "description"),
+}
+
+
+def details_read(sim: RunningSim, since: int) -> List[str]:
+    """The volumes whose details were read (``volume select X show``) since command
+    ``since`` of the log, in order."""
+    return [match.group(1) for entry in sim.commands()[since:]
+            for match in [re.fullmatch(r"volume select (\S+) show", entry["command"])]
+            if match]
+
+
+@pytest.mark.parametrize("details", [False, True])
+def test_volumes_table(volumes, capsys, details):
+    """The same owners with and without --details; without, only the volume whose name
+    tells no owner has its details read."""
+    since = len(volumes.sim.commands())
+    code, out, _ = volumes.run(capsys, "volumes", *(["--details"] if details else []))
     assert code == 0
     rows = [re.split(r"\s{2,}", line) for line in out.splitlines()]
     assert rows[0] == ["VOLUME", "SIZE", "POOL", "STATUS", "CONN", "OWNER", "FROM"]
     owners = {row[0]: f"{row[5]} | {row[6]}" for row in rows[1:-2]}
-    assert owners == {
-        "backup-lun": "- | -",
-        "old.13": "image 13 | description",
-        "ubuntu-14-04-server.7": "image 7 | name",
-        "ubuntu-14-04-server.7-99": "VM 99 (image 7) | 2014 description",
-        "ubuntu.42": "image 42 | description",
-        CLONE: "VM 117 disk 0 | description",
-        VOLATILE: "VM 117 disk 2 | description",
-    }
+    assert owners == {name: f"{owner} | {described if details else named}"
+                      for name, (owner, named, described) in LISTED.items()}
+    assert {row[2] for row in rows[1:-2]} == {"default"}
     assert out.splitlines()[-1] == "7 volumes in pool default, 6 OpenNebula's"
     lines = out.splitlines()[:-2]
     column = lines[0].index("SIZE")
     assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines)
+    listing = [entry["command"] for entry in volumes.sim.commands()[since:]
+               if not entry["command"].startswith(("stty", "cli-settings"))]
+    assert listing == ["volume show", "pool select default show", *(
+        f"volume select {name} show" for name in (sorted(LISTED) if details else
+                                                  ["backup-lun"]))]
 
 
 def test_volumes_json_and_pools(volumes, capsys):
     _, out, _ = volumes.run(capsys, "volumes", "--json", "--pool", "fast")
     data = json.loads(out)
-    assert [(v["name"], v["owner"]["image_id"], v["pool"]) for v in data["volumes"]] == [
-        ("fast.50", 50, "fast")]
+    assert [(v["name"], v["owner"]["image_id"], v["pool"], v["description"])
+            for v in data["volumes"]] == [("fast.50", 50, "fast", None)]
+    since = len(volumes.sim.commands())
     _, out, _ = volumes.run(capsys, "volumes", "--json", "--all-pools")
-    assert len(json.loads(out)["volumes"]) == 8
+    listed = {v["name"]: (v["pool"], v["description"]) for v in json.loads(out)["volumes"]}
+    assert len(listed) == 8
+    assert listed["fast.50"] == ("fast", image_description(50, "fast"))  # read: not in EQL_POOL
+    assert listed["backup-lun"] == ("default", "nightly backups")
+    assert listed["ubuntu.42"] == ("default", None)
+    assert details_read(volumes.sim, since) == ["backup-lun", "fast.50"]
+
+
+def test_volumes_of_a_pool_that_does_not_exist(volumes, capsys):
+    code, _, err = volumes.run(capsys, "volumes", "--pool", "nope")
+    assert code == 1
+    assert "Pool does not exist" in err
+
+
+def test_volume_details_over_several_sessions(admin, capsys):
+    """60 volumes whose names tell no owner: their details are read over EQL_MAX_SESSIONS
+    - 1 = 2 sessions (a 3 s delay of the first read keeps one busy), each volume once."""
+    admin.write_conf(EQL_MAX_SESSIONS="3")
+    names = [f"data-{index:02d}" for index in range(60)]
+    with admin.group() as group:
+        for name in names:
+            group.create_volume(name, 10, description=f"scratch {name}")
+    since = len(admin.sim.commands())
+    admin.sim.set_faults([{"match": "^volume select \\S+ show$", "action": "delay",
+                           "seconds": 3}])
+    code, out, _ = admin.run(capsys, "volumes", "--json")
+    assert code == 0
+    assert [(v["name"], v["description"]) for v in json.loads(out)["volumes"]] == [
+        (name, f"scratch {name}") for name in names]
+    assert sorted(details_read(admin.sim, since)) == names
+    sessions = {(entry["conn"], entry["session"]) for entry in admin.sim.commands()[since:]
+                if entry["command"].startswith("volume select ")}
+    assert len(sessions) == 2
+
+
+def test_volume_details_without_a_free_slot(admin, capsys):
+    """Other processes hold 2 of the 3 slots: the details are read in the one session left,
+    no extra session waits for a slot."""
+    admin.write_conf(EQL_MAX_SESSIONS="3")
+    names = [f"data-{index:02d}" for index in range(30)]
+    with admin.group() as group:
+        for name in names:
+            group.create_volume(name, 10)
+    since = len(admin.sim.commands())
+    slots = SessionSlots(str(admin.base / "slots"), 3)
+    with slots.acquire(5), slots.acquire(5):
+        code, out, _ = admin.run(capsys, "volumes", "--json")
+    assert code == 0
+    assert [v["name"] for v in json.loads(out)["volumes"]] == names
+    assert len({entry["conn"] for entry in admin.sim.commands()[since:]}) == 1
+
+
+@pytest.mark.parametrize("total, listed, members", [
+    (2, ["a", "b"], {"a", "b"}),
+    (0, [], set()),
+    (3, [], {"a", "b", "c"}),  # no table: a pool holding every volume
+    (2, [], None),
+    (None, ["a", "b"], None),  # no TotalVolumes to check the table against
+    (3, ["a", "b"], None),  # the table misses one
+    (2, ["a", "x"], None),  # x is no volume: not the volume table, or x came meanwhile
+    (2, ["a", "a"], None),
+])
+def test_pool_members_only_when_sure(total, listed, members):
+    capacity = PoolCapacity(100, 50, 50, None, None, total)
+    assert pool_members(capacity, listed, {"a", "b", "c"}) == members
 
 
 # --- orphans -------------------------------------------------------------------------------
@@ -258,6 +347,21 @@ def test_orphan_volumes(volumes, lists, capsys):
     assert [(v["name"], v["owner"]["kind"]) for v in data["volumes"]] == [
         ("old.13", "image"), (OLD_CLONE, "vm")]
     assert data["unrecognised_volumes"] == 1
+
+
+def test_orphans_read_the_description_before_a_verdict(volumes, lists, capsys):
+    """copy.5's name says image 5 (not in OpenNebula), its description image 42: no orphan.
+    Details are read only of the suspects and of the volume whose name tells no owner."""
+    with volumes.group() as group:
+        group.create_volume("copy.5", 100, description=image_description(42, "copy"))
+    since = len(volumes.sim.commands())
+    code, out, _ = volumes.run(capsys, "orphans", "--json", *lists)
+    assert code == 0
+    data = json.loads(out)
+    assert [(v["name"], v["description"]) for v in data["volumes"]] == [
+        ("old.13", image_description(13, "old")), (OLD_CLONE, f"Clone 99 of {OLD_IMAGE}")]
+    assert sorted(details_read(volumes.sim, since)) == sorted(
+        ["backup-lun", "copy.5", "old.13", OLD_CLONE])
 
 
 def test_orphans_needs_opennebulas_lists(volumes, capsys, monkeypatch):
@@ -366,6 +470,25 @@ def test_check_hosts(sim, hosts_factory, tmp_path, capsys, monkeypatch):
 ])
 def test_volume_owner(name, description, owner):
     assert str(inventory.volume_owner(name, description)) == owner
+
+
+@pytest.mark.parametrize("name, description", [
+    ("ubuntu.42", image_description(42, "Ubuntu")),
+    (CLONE, vm_disk_description(117, 0, "clone of ubuntu.42")),
+    (VOLATILE, vm_disk_description(117, 2, "volatile raw")),
+    (OLD_IMAGE, "Ubuntu 14.04 server"),
+    (OLD_CLONE, f"Clone 99 of {OLD_IMAGE}"),
+    (OLD_CLONE, f"'Clone 99 of {OLD_IMAGE}'"),
+])
+def test_the_name_tells_what_the_description_tells(name, description):
+    by_name = inventory.name_owner(name)
+    assert by_name is not None
+    assert str(by_name) == str(inventory.volume_owner(name, description))
+
+
+@pytest.mark.parametrize("name", ["backup-lun", "anything", "a.b.c", "lun.7a"])
+def test_names_that_tell_no_owner(name):
+    assert inventory.name_owner(name) is None
 
 
 def test_sessions_and_their_reasons():
