@@ -29,11 +29,17 @@ What each action does on the group:
   in whole MB as ``GroupClient.pool_capacity`` gives them (the group's GB/TB values
   with two decimals, rounded up), USED_MB = TOTAL_MB - FREE_MB.
 * ``snap_delete``, ``snap_revert``, ``snap_flatten``: image snapshots, mapped to group
-  snapshots by ``snapshot_name``.
+  snapshots by ``snapshot_name``.  A restore's automatic snapshot of the state before is
+  renamed ``pre_restore_snapshot_name`` and deleted; one left by a failure is deleted by
+  the volume's next revert or flatten.
 
 Any failure after ``cp``, ``mkfs`` or ``clone`` made a volume deletes it; the first
 failure is what oned reports (cleanup problems are logged as ``ERROR:`` lines).  SIGTERM
-becomes a failure, so the cleanup runs then too.  A re-run after a crash replaces a
+becomes a failure, so the cleanup runs then too.  When the ``volume create`` or clone
+itself fails without a clear answer (no answer within EQL_COMMAND_TIMEOUT, connection
+lost after sending, SIGTERM), the group may still make the volume: the cleanup waits up
+to EQL_COMMAND_TIMEOUT more for it (``delete_if_made_late``) and deletes it if it has
+this action's description.  A re-run after a crash replaces a
 volume of the same name whose description names the same image id and which has no
 iSCSI connections; any other existing volume is refused.
 
@@ -54,18 +60,19 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Callable, Iterator, Optional
 
 from eqliscsi import cli_commands
 from eqliscsi.action_xml import DatastoreInfo, ImageInfo, ds_request, parse_action_data
 from eqliscsi.config import AccessRecord as AccessSetting
 from eqliscsi.config import DriverConfig, Portal, resolve_config
-from eqliscsi.errors import InvalidValue
+from eqliscsi.errors import CliError, ConnectionLost, EqlError, GroupTimeout, InvalidValue
 from eqliscsi.group import GroupClient
 from eqliscsi.image_copy import (
     FILESYSTEMS,
     MIB,
     FetchOptions,
+    ImageVerifier,
     LunTarget,
     SourceImage,
     build_filesystem,
@@ -73,7 +80,6 @@ from eqliscsi.image_copy import (
     inspect_image,
     private_file,
     staging_area,
-    verify_image,
     write_image,
 )
 from eqliscsi.image_source import PathPolicy
@@ -95,9 +101,8 @@ INITIATOR_NAME_FILE = Path("/etc/iscsi/initiatorname.iscsi")
 ANY_ADDRESS = "*.*.*.*"
 SAVE_AS = "save_as"
 SNAPSHOT_NAME_MAX = 64
+PRE_RESTORE_SUFFIX = "-eqliscsi-pre-restore"
 
-
-_T = TypeVar("_T")
 _OWNER = re.compile(r"OpenNebula image (\d{1,10})(?: |$)")
 _SNAPSHOT = re.compile(r"(.*)-snap(\d{1,10})", re.IGNORECASE)
 
@@ -199,6 +204,52 @@ def delete_on_failure(group: GroupClient, volume: str) -> Iterator[None]:
         raise
 
 
+@contextmanager
+def delete_if_made_late(group: GroupClient, volume: str, description: str) -> Iterator[None]:
+    """Around the command that makes ``volume`` with ``description`` (create or clone): if
+    it fails, delete the volume should the group have made it anyway (``_late_volume_wait``
+    says how long to wait for it); a volume with another description is left alone."""
+    try:
+        yield
+    except BaseException as exc:
+        wait = _late_volume_wait(exc, group.settings.command_timeout)
+        if wait is not None:
+            undo_logged(f"delete volume {volume} if the group made it after all",
+                        lambda: _delete_late_volume(group, volume, description, wait))
+        raise
+
+
+def _late_volume_wait(exc: BaseException, bound: float) -> Optional[float]:
+    """How long to wait for a volume whose making failed with ``exc``: 0 (look once) when
+    the group answered, ``bound`` (EQL_COMMAND_TIMEOUT) when the outcome is unknown (no
+    answer in time, connection lost after sending, SIGTERM), None when it never ran."""
+    if isinstance(exc, CliError):
+        return 0.0
+    if isinstance(exc, GroupTimeout):
+        return None if exc.retryable else bound  # retryable: while logging in
+    if isinstance(exc, ConnectionLost):
+        return bound if exc.command_sent else None
+    return None if isinstance(exc, EqlError) else bound
+
+
+def _delete_late_volume(group: GroupClient, volume: str, description: str,
+                        wait: float) -> None:
+    if wait:
+        group.close()  # the failed command may have left its session mid-answer
+    info = group.await_volume(volume, wait)
+    if info is None:
+        if wait:
+            log_warn(f"volume {volume} did not appear within {wait:g} s after the failure; "
+                     "if the group still makes it, the next attempt replaces it")
+        return
+    if info.description != description:
+        log_warn(f"volume {volume} exists but was not made by this action (description "
+                 f"{info.description!r}): left alone")
+        return
+    log_warn(f"deleting volume {volume}, made by the group although the command failed")
+    delete_with_snapshots(group, volume)
+
+
 def delete_with_snapshots(group: GroupClient, volume: str) -> None:
     """Delete the volume's snapshots, then the volume (offline first)."""
     for snapshot in group.list_snapshots(volume):
@@ -232,11 +283,12 @@ def new_volume(group: GroupClient, config: DriverConfig, volume: str, size_mb: i
     thin = config.thin_provisioning
     log_info(f"creating volume {volume} ({size_mb} MB) in pool {config.pool}"
              + (" (thin)" if thin.thin else ""))
-    iqn = group.create_volume(
-        volume, size_mb, pool=config.pool, thin=thin.thin,
-        thin_min_reserve=thin.thin_min_reserve, thin_growth_warn=thin.thin_growth_warn,
-        thin_growth_max=thin.thin_growth_max, description=description, online=True,
-        snap_reserve=config.snap_reserve)
+    with delete_if_made_late(group, volume, description):
+        iqn = group.create_volume(
+            volume, size_mb, pool=config.pool, thin=thin.thin,
+            thin_min_reserve=thin.thin_min_reserve, thin_growth_warn=thin.thin_growth_warn,
+            thin_growth_max=thin.thin_growth_max, description=description, online=True,
+            snap_reserve=config.snap_reserve)
     with delete_on_failure(group, volume):
         _set_up_volume(group, config, volume)
     return iqn
@@ -278,13 +330,13 @@ def _frontend_access(group: GroupClient, config: DriverConfig, volume: str, iqn:
 
 
 def write_volume(group: GroupClient, config: DriverConfig, volume: str, iqn: str,
-                  source: SourceImage, stage: Path) -> None:
+                  source: SourceImage, verifier: ImageVerifier, stage: Path) -> None:
     """Write and verify the new ``volume`` through the front-end's own access record;
     the volume is deleted if that fails."""
     with delete_on_failure(group, volume), \
             _frontend_access(group, config, volume, iqn, stage) as target:
         write_image(source, target)
-        verify_image(source, target, config.verify, stage)
+        verifier.verify(target)
 
 
 class Terminated(DriverError):
@@ -328,10 +380,11 @@ def ds_cp(action: Action) -> str:
                               environ)
         source = inspect_image(fetched)
         size_mb = max(declared_mb, source.size_mb)
-        with group_client(config) as group:
+        with ImageVerifier(source, config.verify, stage) as verifier, \
+                group_client(config) as group:
             iqn = new_volume(group, config, volume, size_mb,
                               image_description(image_id, image.name), image_id)
-            write_volume(group, config, volume, iqn, source, stage)
+            write_volume(group, config, volume, iqn, source, verifier, stage)
     return f"{volume} raw"
 
 
@@ -363,9 +416,10 @@ def ds_mkfs(action: Action) -> str:
             return volume
         with staging_area(config.staging_dir) as stage:
             source = build_filesystem(fs, stage / "filesystem", size_mb * MIB)
-            with group_client(config) as group:
+            with ImageVerifier(source, config.verify, stage) as verifier, \
+                    group_client(config) as group:
                 iqn = new_volume(group, config, volume, size_mb, description, image_id)
-                write_volume(group, config, volume, iqn, source, stage)
+                write_volume(group, config, volume, iqn, source, verifier, stage)
     return volume
 
 
@@ -401,8 +455,10 @@ def ds_clone(action: Action) -> str:
         replace_leftover(group, volume, image_id)
         log_info(f"cloning volume {source} (image {image.text('CLONING_ID', '?')}) "
                  f"to {volume}")
-        group.clone_volume(source, volume, description=image_description(image_id, image.name),
-                           online=True, snap_reserve=config.snap_reserve)
+        description = image_description(image_id, image.name)
+        with delete_if_made_late(group, volume, description):
+            group.clone_volume(source, volume, description=description, online=True,
+                               snap_reserve=config.snap_reserve)
         with delete_on_failure(group, volume):
             prepare_clone(group, config, volume, size_mb)
     return f"{volume} raw"
@@ -508,13 +564,19 @@ def ds_snap_flatten(action: Action) -> None:
 
 def revert_to_snapshot(group: GroupClient, volume: str, snap_id: int) -> None:
     """Offline, restore from the image snapshot, drop the group's automatic snapshot of
-    the state before, online again; refused while the volume has iSCSI connections."""
+    the state before, online again; refused while the volume has iSCSI connections.
+    Automatic snapshots an earlier restore marked but could not delete go first."""
     name = snapshot_name(volume, snap_id)
     connections = group.show_volume(volume).connections
     if connections:
         raise DriverError(f"volume {volume} has {connections} iSCSI connection(s): it "
                           f"cannot be reverted to snapshot {snap_id} while it is in use")
-    snapshot = group.find_snapshot(volume, name)
+    snapshots = {s.name.lower(): s for s in group.list_snapshots(volume)}
+    marked = pre_restore_snapshot_name(volume)
+    if marked.lower() in snapshots:
+        log_info(f"deleting {marked}, the state before an earlier restore")
+        group.delete_snapshot(volume, snapshots[marked.lower()].name)
+    snapshot = snapshots.get(name.lower())
     if snapshot is None:
         raise DriverError(f"image snapshot {snap_id}: volume {volume} has no snapshot {name}")
     if not snapshot.status.lower().startswith("offline"):
@@ -524,10 +586,40 @@ def revert_to_snapshot(group: GroupClient, volume: str, snap_id: int) -> None:
     try:
         automatic = group.restore_snapshot(volume, name)
         if automatic is not None:
-            log_info(f"deleting {automatic}, the group's snapshot of the state before")
-            group.delete_snapshot(volume, automatic)
+            _drop_pre_restore_snapshot(group, volume, automatic, marked)
     except BaseException:
         undo_logged(f"set volume {volume} online again", lambda: group.set_online(volume, True))
         raise
     log_info(f"setting volume {volume} online")
     group.set_online(volume, True)
+
+
+def pre_restore_snapshot_name(volume: str) -> str:
+    """The name the driver gives the group's automatic snapshot of the state before a
+    restore before deleting it: ``<volume>-eqliscsi-pre-restore`` (the volume part cut
+    to fit 64 characters).  Neither the group (``<volume>-<time>``) nor ``snapshot_name``
+    (``-snap<id>``) make such names, so a snapshot left under it is the driver's."""
+    return cli_commands.snapshot_name(
+        volume[:SNAPSHOT_NAME_MAX - len(PRE_RESTORE_SUFFIX)] + PRE_RESTORE_SUFFIX)
+
+
+def _drop_pre_restore_snapshot(group: GroupClient, volume: str, automatic: str,
+                               marked: str) -> None:
+    """Rename the automatic snapshot to ``marked``, then delete it.  If that fails it is
+    deleted once more under whichever name it has; should it stay even then, the
+    volume's next revert deletes it (the group names its scheduled snapshots by time as
+    well, so only the mark tells them apart)."""
+    log_info(f"deleting {automatic}, the group's snapshot of the state before "
+             f"(renamed {marked} first)")
+
+    def delete_either() -> None:
+        if not group.delete_snapshot(volume, automatic):
+            group.delete_snapshot(volume, marked)
+
+    try:
+        group.rename_snapshot(volume, automatic, marked)
+        group.delete_snapshot(volume, marked)
+    except BaseException:
+        undo_logged(f"delete snapshot {automatic} (the state before the restore)",
+                    delete_either)
+        raise

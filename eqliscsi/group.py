@@ -79,6 +79,7 @@ T = TypeVar("T")
 HOST_KEY_POLICIES = ("strict", "accept-new")
 ANY_ADDRESS = "*.*.*.*"
 MAX_BACKOFF = 10.0
+POLL_DELAY = 0.5  # first pause of ``await_volume``
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,23 @@ class GroupClient:
     def volume_exists(self, name: str) -> bool:
         """Whether a volume of that name exists."""
         return self.find_volume(name) is not None
+
+    def await_volume(self, name: str, timeout: float) -> Optional[VolumeInfo]:
+        """The volume's details once it exists, looking again with back-off (from
+        ``POLL_DELAY``) for up to ``timeout`` seconds; None if it did not appear.
+
+        For a volume whose ``create`` or ``clone`` timed out: the group may still make it.
+        Looks once when ``timeout`` is 0.
+        """
+        deadline = time.monotonic() + timeout
+        delay = POLL_DELAY
+        while True:
+            volume = self.find_volume(name)
+            remaining = deadline - time.monotonic()
+            if volume is not None or remaining <= 0:
+                return volume
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, MAX_BACKOFF)
 
     def list_volumes(self) -> List[VolumeSummary]:
         """All volumes of the group (``volume show``)."""

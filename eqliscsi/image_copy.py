@@ -33,12 +33,14 @@ only allocated data is written: the target is always a volume created by this ac
 which reads as zeros.  A CHAP secret reaches qemu only through a 0600 file named by
 ``--object secret,...,file=``; it is never on a command line or in a URL.
 
-Verifying (``verify_image``), over the image's length only (the LUN is usually larger:
+Verifying (``ImageVerifier``), over the image's length only (the LUN is usually larger:
 the group rounds volumes up to whole 15 MB pages):
 
 * ``sample``: the first and the last MiB and 8 other random MiB of the image, read
   through qemu from the source (so qcow2 & co. are compared as the guest sees them) and
-  from the LUN in one ``qemu-img convert`` each, compared byte for byte;
+  from the LUN in one ``qemu-img convert`` each (which opens the image or the LUN once:
+  one iSCSI login), compared byte for byte.  The source's windows are read in the
+  background while the volume is made and written;
 * ``full``: ``qemu-img compare`` of the whole image with the LUN's first bytes;
 * ``off``: nothing.
 
@@ -89,6 +91,7 @@ SAMPLE_WINDOWS = 8  # random MiB windows besides the first and the last
 ALLOWED_FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc",
                              "parallels"})
 CHAP_SECRET_ID = "sec0"  # noqa: S105 (the id of qemu's secret object)
+SHARED_NODE = "eqlsampled"  # the image the sample windows of one read share
 
 FILESYSTEMS: Dict[str, Tuple[str, ...]] = {
     "ext2": ("mkfs.ext2", "-F", "-q"),
@@ -359,18 +362,56 @@ def run_tool(command: Sequence[str], what: str, timeout: float,
              accept: Tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
     """Run ``command`` with captured output and a time limit.  An exit code outside
     ``accept`` is a DriverError: ``what`` and the last lines of the tool's error output."""
-    try:
-        done = subprocess.run(list(command), stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, errors="replace", timeout=timeout, check=False,
-                              env=None if env is None else dict(env), cwd=cwd)
-    except FileNotFoundError:
-        raise DriverError(f"{what}: {command[0]} is not installed on the front-end") from None
-    except subprocess.TimeoutExpired:
-        raise DriverError(f"{what}: timed out after {timeout:g}s") from None
-    if done.returncode not in accept:
-        detail = " / ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise DriverError(f"{what} failed (exit {done.returncode}): {detail or 'no output'}")
-    return done
+    return Tool(command, what, timeout, env, cwd).result(accept)
+
+
+class Tool:
+    """A subprocess started in the background with captured output and a time limit
+    counted from its start: ``result`` waits for it as ``run_tool`` does, ``stop`` ends it."""
+
+    def __init__(self, command: Sequence[str], what: str, timeout: float,
+                 env: Optional[Mapping[str, str]] = None, cwd: Optional[Path] = None) -> None:
+        self.what = what
+        self.timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        try:
+            self._process = subprocess.Popen(
+                list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True, errors="replace",
+                env=None if env is None else dict(env), cwd=cwd)
+        except FileNotFoundError:
+            raise DriverError(f"{what}: {command[0]} is not installed on the front-end") from None
+
+    def result(self, accept: Tuple[int, ...] = (0,)) -> subprocess.CompletedProcess[str]:
+        """Wait for the tool (killed on any exception, SIGTERM's ``Terminated`` included);
+        an exit code outside ``accept`` is a DriverError."""
+        finished = self._process.poll() is not None  # then only its output is left to read
+        try:
+            stdout, stderr = self._process.communicate(
+                timeout=None if finished else max(self._deadline - time.monotonic(), 0.0))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise DriverError(f"{self.what}: timed out after {self.timeout:g}s") from None
+        except BaseException:
+            self.stop()
+            raise
+        done = subprocess.CompletedProcess(self._process.args, self._process.returncode,
+                                           stdout, stderr)
+        if done.returncode not in accept:
+            detail = " / ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise DriverError(f"{self.what} failed (exit {done.returncode}): "
+                              f"{detail or 'no output'}")
+        return done
+
+    def stop(self) -> None:
+        """Kill the tool if it still runs, and reap it."""
+        process = self._process
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 # --- inspecting --------------------------------------------------------------------------
@@ -491,6 +532,17 @@ def _window(options: Mapping[str, str], offset: int, length: int) -> str:
     return _option_string(layered)
 
 
+def _shared_windows(options: Mapping[str, str],
+                    windows: Sequence[Tuple[int, int]]) -> List[str]:
+    """Option strings of ``windows`` of the image ``options`` open: the first window opens
+    it as node ``SHARED_NODE``, the others refer to that node, so the image is opened
+    once (one iSCSI login for a LUN, not one per window)."""
+    (offset, length), *others = windows
+    return [_window({**options, "node-name": SHARED_NODE}, offset, length),
+            *(_option_string({"driver": "raw", "offset": str(offset), "size": str(length),
+                              "file": SHARED_NODE}) for offset, length in others)]
+
+
 def write_image(source: SourceImage, target: LunTarget) -> None:
     """Write the image onto the (new, all-zero) LUN; only non-zero data is sent."""
     log_info(f"writing the {source.format} image ({source.size_mb} MB) to {target.iqn} "
@@ -501,35 +553,73 @@ def write_image(source: SourceImage, target: LunTarget) -> None:
               "--target-image-opts", _option_string(target.options())],
              "writing the image to the volume (qemu-img convert)",
              transfer_timeout(source.virtual_size))
-    log_info(f"image written in {time.monotonic() - started:.1f}s")
+    log_info(f"image written in {time.monotonic() - started:.2f}s")
 
 
-def verify_image(source: SourceImage, target: LunTarget, mode: str, stage: Path) -> None:
-    """Check the LUN holds the image (``mode``: sample, full or off; module docstring)."""
-    if mode == "off":
-        return
-    started = time.monotonic()
-    timeout = transfer_timeout(source.virtual_size)
-    if mode == "full":
-        lun = _window(target.options(), 0, source.virtual_size)
+class ImageVerifier:
+    """Checks that a LUN holds ``source`` (``mode``: sample, full or off; module docstring).
+
+    In sample mode the image's windows are read in the background from the moment the
+    verifier is made (while the volume is created and written), so only the LUN's windows
+    are read after the write.  Leaving the ``with`` block stops that read.
+    """
+
+    def __init__(self, source: SourceImage, mode: str, stage: Path) -> None:
+        self.source = source
+        self.mode = mode
+        self._stage = stage
+        self._timeout = transfer_timeout(source.virtual_size)
+        self._windows = sample_windows(source.virtual_size) if mode == "sample" else []
+        self._expected = (_WindowRead(source.options(), [], self._windows,
+                                      stage / "verify-image", self._timeout)
+                          if self._windows else None)
+
+    def __enter__(self) -> ImageVerifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._expected is not None:
+            self._expected.stop()
+
+    def verify(self, target: LunTarget) -> None:
+        """Check the LUN after the write; a difference is a DriverError."""
+        if self.mode == "off":
+            return
+        started = time.monotonic()
+        if self._expected is None:
+            self._compare_all(target)
+        else:
+            lun_read = _WindowRead(target.options(), target.objects(), self._windows,
+                                   self._stage / "verify-volume", self._timeout)
+            try:
+                expected = self._expected.data()  # while the LUN is read
+                actual = lun_read.data()
+            finally:
+                lun_read.stop()
+            if actual != expected:  # one comparison; the windows only to name the place
+                offset = self._first_difference(expected, actual)
+                raise DriverError(f"verification failed: the volume differs from the image "
+                                  f"in the MiB at offset {offset}")
+        log_info(f"{self.mode} verification passed in {time.monotonic() - started:.2f}s")
+
+    def _first_difference(self, expected: bytes, actual: bytes) -> int:
+        """The offset of the first window in which the two reads differ (the last window
+        when only their lengths do)."""
+        position = 0
+        for offset, length in self._windows:
+            if expected[position:position + length] != actual[position:position + length]:
+                return offset
+            position += length
+        return self._windows[-1][0]
+
+    def _compare_all(self, target: LunTarget) -> None:
+        lun = _window(target.options(), 0, self.source.virtual_size)
         done = run_tool(["qemu-img", "compare", *target.objects(), "--image-opts",
-                         _option_string(source.options()), lun],
-                        "verification (qemu-img compare)", timeout, accept=(0, 1))
+                         _option_string(self.source.options()), lun],
+                        "verification (qemu-img compare)", self._timeout, accept=(0, 1))
         if done.returncode == 1:
             raise DriverError(f"verification failed: the volume differs from the image "
                               f"({done.stdout.strip()})")
-    else:
-        windows = sample_windows(source.virtual_size)
-        expected = _read_windows(source.options(), [], windows, stage / "verify-image", timeout)
-        actual = _read_windows(target.options(), target.objects(), windows,
-                               stage / "verify-volume", timeout)
-        position = 0
-        for offset, length in windows:
-            if expected[position:position + length] != actual[position:position + length]:
-                raise DriverError(f"verification failed: the volume differs from the image "
-                                  f"in the MiB at offset {offset}")
-            position += length
-    log_info(f"{mode} verification passed in {time.monotonic() - started:.1f}s")
 
 
 def sample_windows(size: int) -> List[Tuple[int, int]]:
@@ -542,13 +632,25 @@ def sample_windows(size: int) -> List[Tuple[int, int]]:
     return [(block * MIB, min(MIB, size - block * MIB)) for block in sorted(chosen)]
 
 
-def _read_windows(options: Mapping[str, str], objects: List[str],
-                  windows: Sequence[Tuple[int, int]], path: Path, timeout: float) -> bytes:
-    """The bytes of ``windows`` of an image, concatenated (one ``qemu-img convert``)."""
-    sources = [_window(options, offset, length) for offset, length in windows]
-    run_tool(["qemu-img", "convert", *objects, "--image-opts", *sources, "-O", "raw",
-              str(path)], "verification read (qemu-img convert)", timeout)
-    try:
-        return path.read_bytes()
-    finally:
-        path.unlink()
+class _WindowRead:
+    """The bytes of ``windows`` of an image, concatenated into ``path`` by one
+    ``qemu-img convert`` started in the background."""
+
+    def __init__(self, options: Mapping[str, str], objects: List[str],
+                 windows: Sequence[Tuple[int, int]], path: Path, timeout: float) -> None:
+        self._path = path
+        self._tool = Tool(["qemu-img", "convert", *objects, "--image-opts",
+                           *_shared_windows(options, windows),
+                           "-O", "raw", str(path)],
+                          "verification read (qemu-img convert)", timeout)
+
+    def data(self) -> bytes:
+        """The bytes, once the read has finished (the file is removed)."""
+        self._tool.result()
+        try:
+            return self._path.read_bytes()
+        finally:
+            self._path.unlink()
+
+    def stop(self) -> None:
+        self._tool.stop()

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from eqliscsi.action_xml import DiskInfo, ImageInfo
+from eqliscsi.cli_output import field_value
 from eqliscsi.config import DriverConfig, resolve_config
 from eqliscsi.ds_actions import (
     action_config,
+    delete_if_made_late,
     delete_on_failure,
     delete_with_snapshots,
     image_description,
@@ -38,7 +40,14 @@ from eqliscsi.ds_actions import (
 from eqliscsi.group import GroupClient, VolumeInfo
 from eqliscsi.host_files import copy_vm_dir, remove_vm_dir, write_file
 from eqliscsi.host_iscsi import HostError
-from eqliscsi.image_copy import FILESYSTEMS, MIB, build_filesystem, run_tool, staging_area
+from eqliscsi.image_copy import (
+    FILESYSTEMS,
+    MIB,
+    ImageVerifier,
+    build_filesystem,
+    run_tool,
+    staging_area,
+)
 from eqliscsi.naming import HostPath, clone_volume_name, parse_host_path, volume_from_tm_source
 from eqliscsi.oned import Action, DriverError, InputError, failure_reason, log_info, log_warn
 from eqliscsi.tm_common import (
@@ -72,6 +81,7 @@ ISO_TOOLS = ("genisoimage", "mkisofs")
 ISO_TIMEOUT = 300.0
 
 _IMAGE_VOLUME = re.compile(r".+\.(\d{1,10})")
+_DRIVER_SNAPSHOT = re.compile(r".+-snap\d{1,10}")  # ds_actions.snapshot_name's form
 
 
 # --- clone, ln, mkimage, mkswap, context -------------------------------------------------
@@ -109,8 +119,10 @@ def _vm_clone(group: GroupClient, config: DriverConfig, image_volume: str, name:
             group.extend_volume(name, size_mb)
         return group.show_volume(name), False
     log_info(f"cloning volume {image_volume} to {name}")
-    group.clone_volume(image_volume, name, online=True, snap_reserve=config.snap_reserve,
-                       description=vm_disk_description(*owner, f"clone of {image_volume}"))
+    description = vm_disk_description(*owner, f"clone of {image_volume}")
+    with delete_if_made_late(group, name, description):
+        group.clone_volume(image_volume, name, online=True, snap_reserve=config.snap_reserve,
+                           description=description)
     with delete_on_failure(group, name):
         prepare_clone(group, config, name, size_mb)
         return group.show_volume(name), True
@@ -181,8 +193,9 @@ def _volatile(action: Action, size_arg: str, dst_arg: str, vm_arg: str, ds_arg: 
             else:
                 with staging_area(config.staging_dir) as stage:
                     source = build_filesystem(fs, stage / "filesystem", size_mb * MIB)
-                    iqn = new_volume(group, config, name, size_mb, description, NO_IMAGE)
-                    write_volume(group, config, name, iqn, source, stage)
+                    with ImageVerifier(source, config.verify, stage) as verifier:
+                        iqn = new_volume(group, config, name, size_mb, description, NO_IMAGE)
+                        write_volume(group, config, name, iqn, source, verifier, stage)
             with delete_on_failure(group, name):
                 _link(tm, config, group.show_volume(name), dst)
         else:
@@ -391,11 +404,12 @@ def _save_as(tm: TmSession, group: GroupClient, disk_config: DriverConfig, sourc
     description = image_description(image_id, image.name)
     log_info(f"cloning {f'snapshot {snapshot} of ' if snapshot else ''}volume {source} to "
              f"{volume} (image {image_id})")
-    if snapshot is None:
-        group.clone_volume(source, volume, description=description, online=True,
-                           snap_reserve=config.snap_reserve)
-    else:
-        group.clone_snapshot(source, snapshot, volume, description=description)
+    with delete_if_made_late(group, volume, description):
+        if snapshot is None:
+            group.clone_volume(source, volume, description=description, online=True,
+                               snap_reserve=config.snap_reserve)
+        else:
+            group.clone_snapshot(source, snapshot, volume, description=description)
     with delete_on_failure(group, volume):
         prepare_clone(group, config, volume, image.size_mb if image.text("SIZE") else 0)
 
@@ -502,12 +516,29 @@ def tm_snap_create(action: Action) -> None:
         group = tm.group(tm.config(disk.datastore_id))
         volume = require_volume(group, disk).name
         name = snapshot_name(volume, snap_id)
-        if group.find_snapshot(volume, name) is not None:
-            log_warn(f"replacing snapshot {name} of {volume}, left by an earlier attempt")
-            group.delete_snapshot(volume, name)
+        description = vm_disk_description(vm_id, disk_id, f"snapshot {snap_id}")
+        _drop_snapshot_attempts(group, volume, name, description)
         log_info(f"creating snapshot {name} of volume {volume}")
-        group.create_snapshot(volume, name, description=vm_disk_description(
-            vm_id, disk_id, f"snapshot {snap_id}"))
+        try:
+            group.create_snapshot(volume, name, description=description)
+        except BaseException:
+            undo_logged(f"delete what the attempt at snapshot {name} left", lambda: (
+                _drop_snapshot_attempts(group, volume, name, description)))
+            raise
+
+
+def _drop_snapshot_attempts(group: GroupClient, volume: str, name: str,
+                            description: str) -> None:
+    """Delete what an attempt at snapshot ``name`` left: that snapshot, or the
+    group-named one ``create-now`` made with ``description`` when its answer or the
+    rename was lost (only the description tells it from the group's scheduled ones)."""
+    for snapshot in group.list_snapshots(volume):
+        if snapshot.name != name and (_DRIVER_SNAPSHOT.fullmatch(snapshot.name) or field_value(
+                group.show_snapshot(volume, snapshot.name).fields, "Description") != description):
+            continue
+        log_warn(f"deleting snapshot {snapshot.name} of {volume}, left by an attempt at "
+                 f"snapshot {name}")
+        group.delete_snapshot(volume, snapshot.name)
 
 
 def tm_snap_delete(action: Action) -> None:

@@ -165,7 +165,8 @@ class DsHarness:
 
     def fake_qemu_img(self, write: str = "run") -> Dict[str, str]:
         """Environment with a ``qemu-img`` wrapper first on PATH that logs every argument
-        list to ``qemu-img.log`` (one argument per line, ``---`` after each call) and, for
+        list to ``qemu-img.log`` (one argument per line, ``---`` after each call; one
+        append per call, as calls may overlap) and, for
         the image write (``--target-image-opts``), ``run``s it, ``skip``s it (exit 0,
         nothing written), ``fail``s it (exit 1) or ``hang``s (sleeps, then runs it)."""
         real = shutil.which("qemu-img")
@@ -177,8 +178,7 @@ class DsHarness:
                    "fail": 'echo "qemu-img: simulated failure" >&2; exit 1'}
         script = bin_dir / "qemu-img"
         script.write_text(f"""#!/bin/sh
-for arg in "$@"; do printf '%s\\n' "$arg" >> '{log}'; done
-echo --- >> '{log}'
+printf '%s\\n' "$@" --- >> '{log}'
 case " $* " in *" --target-image-opts "*) {actions[write]} ;; esac
 exec '{real}' "$@"
 """)

@@ -9,14 +9,35 @@ import hashlib
 import http.server
 import signal
 import subprocess
+import sys
 import threading
 import time
-from typing import Dict, Iterator, Tuple
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
 from eqliscsi.ds_actions import image_description
-from tests.ds_harness import FRONTEND, MIB, DsHarness, ds, ds_xml, iscsi, write_random
+from eqliscsi.image_copy import (
+    SHARED_NODE,
+    ImageVerifier,
+    LunTarget,
+    SourceImage,
+    Tool,
+    _WindowRead,
+)
+from eqliscsi.oned import DriverError
+from tests.ds_harness import (
+    FRONTEND,
+    LUN,
+    MIB,
+    REPO,
+    DsHarness,
+    ds,
+    ds_xml,
+    iscsi,
+    write_random,
+)
 from tests.iscsi_tools import read_bytes
 from tests.oned_xml import b64
 
@@ -87,6 +108,96 @@ def test_qcow2_image(ds, tmp_path, verify):
     assert (f"{verify} verification passed" in run.stderr) is (verify != "off")
     assert ds.volume_bytes(VOLUME, 20 * MIB) == (tmp_path / "expected.raw").read_bytes()
     assert_clean(ds, VOLUME)
+
+
+def read_windows(call: List[str]) -> List[str]:
+    """The window option strings of a verification read's ``qemu-img convert`` call."""
+    return call[call.index("--image-opts") + 1:call.index("-O")]
+
+
+def test_sample_verification_opens_the_image_and_the_lun_once_each(ds, tmp_path):
+    write_random(tmp_path / "disk.raw", 20 * MIB)
+    run = ds.run("cp", cp_xml(str(tmp_path / "disk.raw"), size="20"), env=ds.fake_qemu_img())
+    assert run.ok() == f"{VOLUME} raw\n"
+    assert "sample verification passed" in run.stderr
+    calls = ds.qemu_img_calls()
+    write = next(index for index, call in enumerate(calls) if "--target-image-opts" in call)
+    reads = [(index, read_windows(call)) for index, call in enumerate(calls) if "-O" in call]
+    assert [index < write for index, _ in reads] == [True, False]  # image before the write
+    (_, image), (_, lun) = reads
+    assert len(image) == len(lun) == 10
+    shared = f"file.node-name={SHARED_NODE}"
+    assert image[0].startswith("driver=raw,offset=0,size=1048576,file.driver=raw,")
+    assert f"file.file.filename={tmp_path / 'disk.raw'}" in image[0] and shared in image[0]
+    assert lun[0].startswith("driver=raw,offset=0,size=1048576,file.driver=iscsi,")
+    assert shared in lun[0]
+    assert image[1:] == lun[1:]  # the same windows of the shared node
+    assert all(window.endswith(f",file={SHARED_NODE}") for window in lun[1:])
+    assert lun[-1] == f"driver=raw,offset={19 * MIB},size=1048576,file={SHARED_NODE}"
+    assert_clean(ds, VOLUME)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_window_read_returns_the_bytes_at_each_offset(tmp_path, fmt):
+    data = write_random(tmp_path / "disk.raw", 10 * MIB)
+    if fmt == "qcow2":
+        qemu_img("convert", "-O", "qcow2", str(tmp_path / "disk.raw"), str(tmp_path / "disk"))
+    else:
+        (tmp_path / "disk.raw").rename(tmp_path / "disk")
+    windows = [(0, MIB), (4 * MIB, MIB), (7 * MIB, MIB), (10 * MIB - 512, 512)]
+    image = SourceImage(tmp_path / "disk", fmt, 10 * MIB)
+    read = _WindowRead(image.options(), [], windows, tmp_path / "windows", 60)
+    assert read.data() == b"".join(data[offset:offset + length] for offset, length in windows)
+    assert not (tmp_path / "windows").exists()
+
+
+def test_sample_verification_names_the_first_differing_window(ds, tmp_path):
+    data = write_random(tmp_path / "disk.raw", 4 * MIB)
+    (tmp_path / "lun.raw").write_bytes(data[:3 * MIB] + bytes(MIB))  # the last MiB lost
+    with ds.group() as group:
+        group.create_volume("copy.1", 4)
+        group.create_access("copy.1", initiator=FRONTEND)
+        target = LunTarget(ds.portal, group.show_volume("copy.1").iqn, LUN, FRONTEND)
+    lun = ",".join(f"{key}={value}" for key, value in target.options().items())
+    qemu_img("convert", "-n", "-f", "raw", str(tmp_path / "lun.raw"), "--target-image-opts", lun)
+    source = SourceImage(tmp_path / "disk.raw", "raw", 4 * MIB)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    with ImageVerifier(source, "sample", stage) as verifier, pytest.raises(
+            DriverError, match=rf"^verification failed: .* in the MiB at offset {3 * MIB}$"):
+        verifier.verify(target)
+    assert list(stage.iterdir()) == []
+
+
+def test_tool_time_limit_counts_from_the_start_but_spares_a_finished_tool():
+    finished = Tool(["sh", "-c", "echo done"], "quick tool", 0.1)
+    finished._process.wait(timeout=30)
+    time.sleep(0.2)  # past its time limit, finished long before
+    assert finished.result().stdout == "done\n"
+    with pytest.raises(DriverError, match=r"^slow tool: timed out after 0.2s$"):
+        Tool(["sleep", "30"], "slow tool", 0.2).result()
+
+
+def test_leaving_the_verifier_stops_the_background_image_read(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "qemu-img").write_text("#!/bin/sh\nexec sleep 60\n")
+    (bin_dir / "qemu-img").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    image = SourceImage(Path("/nonexistent.raw"), "raw", 100 * MIB)
+    with ImageVerifier(image, "sample", tmp_path) as verifier:
+        pass
+    background = verifier._expected._tool._process  # type: ignore[union-attr]
+    assert background.returncode == -signal.SIGKILL
+
+
+def test_start_up_does_not_load_invoke():
+    """paramiko imports ``invoke`` only for ``Match exec`` in OpenSSH config files; the
+    driver hides it while paramiko loads (the package stays importable afterwards)."""
+    check = ("import sys, scripts_eqliscsi, eqliscsi.cli_session; "
+             "assert scripts_eqliscsi.ds_cp and 'invoke' not in sys.modules; "
+             "assert sys.modules['paramiko'].config.invoke is None; import invoke")
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=REPO, timeout=120)
 
 
 def test_compressed_files(ds, tmp_path):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
+import time
 
 import pytest
 
 from eqliscsi.ds_actions import image_description
 from tests.ds_harness import MIB, DsHarness, ds, ds_xml, iscsi
 from tests.iscsi_tools import read_bytes
+from tests.oned_xml import b64
 
 __all__ = ["ds"]
 pytestmark = iscsi
@@ -137,3 +141,56 @@ def test_leftover_is_replaced(ds):
     assert "left by an earlier attempt for image 42" in run.stderr
     assert ds.volume(VOLUME).size_mb == 16
     assert_clean(ds, VOLUME)
+
+
+def test_volume_the_group_makes_after_the_timeout_is_deleted(ds):
+    """Finding F1: the group answers ``volume create`` after EQL_COMMAND_TIMEOUT but makes
+    the volume anyway; the failed action's cleanup waits for it and deletes it."""
+    ds.write_conf(EQL_COMMAND_TIMEOUT="2")
+    ds.sim.set_faults([{"match": "^volume create ", "action": "delay", "seconds": 3}])
+    run = ds.run("mkfs", mkfs_xml())
+    assert run.reason.startswith("no answer to `volume create data.42 ")
+    assert f"deleting volume {VOLUME}, made by the group although the command failed" in (
+        run.stderr)
+    assert [e["ok"] for e in ds.sim.commands() if e["command"].startswith("volume create")] \
+        == [True]
+    assert_clean(ds)
+    assert ds.run("mkfs", mkfs_xml()).ok() == f"{VOLUME}\n"
+
+
+def test_wait_for_a_late_volume_is_bounded(ds):
+    """The group never makes it (the command hangs, then the session ends): the cleanup
+    gives up after EQL_COMMAND_TIMEOUT and the action fails with the timeout."""
+    ds.write_conf(EQL_COMMAND_TIMEOUT="2")
+    ds.sim.set_faults([{"match": "^volume create ", "action": "hang"}])
+    run = ds.run("mkfs", mkfs_xml())
+    assert run.reason.startswith("no answer to `volume create data.42 ")
+    assert f"volume {VOLUME} did not appear within 2 s after the failure" in run.stderr
+    assert_clean(ds)
+
+
+def test_sigterm_during_volume_create_deletes_the_late_volume(ds, tmp_path):
+    """oned's SIGTERM while the group is still making the volume: the cleanup waits for
+    it (EQL_COMMAND_TIMEOUT) and deletes it."""
+    ds.sim.set_faults([{"match": "^volume create ", "action": "delay", "seconds": 3}])
+    script = ds.remotes / "datastore" / "eqliscsi" / "mkfs"
+    (tmp_path / "stdin").write_text(b64(mkfs_xml()))
+    faults = ds.sim.state_dir / "faults.json"
+    with open(tmp_path / "stdin", "rb") as stdin:
+        process = subprocess.Popen([str(script), "42"], stdin=stdin, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=ds.env())
+    stdout, stderr = b"", b""
+    try:
+        deadline = time.monotonic() + 20
+        while json.loads(faults.read_text())[0].get("times") != 0:  # the create was sent
+            assert time.monotonic() < deadline, "volume create was never sent"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert (process.returncode, stdout) == (1, b"")
+    assert stderr.decode().splitlines()[-1] == "terminated by SIGTERM"
+    assert f"deleting volume {VOLUME}, made by the group although" in stderr.decode()
+    assert_clean(ds)

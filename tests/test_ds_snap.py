@@ -7,7 +7,7 @@ from typing import List
 
 import pytest
 
-from eqliscsi.ds_actions import snapshot_name
+from eqliscsi.ds_actions import pre_restore_snapshot_name, snapshot_name
 from tests.ds_harness import MIB, DsHarness, ds, ds_xml, iscsi
 from tests.iscsi_tools import iscsi_session, write_pattern
 
@@ -105,3 +105,54 @@ def test_snap_flatten(volume):
     assert volume.volume_bytes(VOLUME, 4 * MIB) == b"\x22" * (4 * MIB)
     assert snapshots(volume) == group_made  # only snapshots OpenNebula did not make remain
     assert volume.volume(VOLUME).status == "online"
+
+
+# --- the group's automatic snapshot of the state before a restore (finding F2) -----------
+
+# deleting (offline or delete) any snapshot but an image snapshot
+AUTOMATIC_SNAPSHOT = rf"^volume select {VOLUME} snapshot (select |delete )(?!{VOLUME}-snap)"
+
+
+def test_revert_marks_the_automatic_snapshot_before_deleting_it(volume):
+    before = snapshots(volume)
+    volume.run("snap_revert", snap_xml(0)).ok()
+    marked = pre_restore_snapshot_name(VOLUME)
+    commands = volume.commands()
+    renames = [c for c in commands if " snapshot rename " in c and c.endswith(f" {marked}")]
+    assert len(renames) == 1
+    assert commands.index(renames[0]) < commands.index(
+        f"volume select {VOLUME} snapshot delete {marked}")
+    assert snapshots(volume) == before
+
+
+@pytest.mark.parametrize("where", ["select", "delete", "rename"])
+def test_failed_deletion_of_the_automatic_snapshot_leaves_nothing(volume, where):
+    """One failure at the rename, offline or delete: the action fails, its cleanup
+    deletes the snapshot (under whichever name it has)."""
+    before = snapshots(volume)
+    match = (rf"^volume select {VOLUME} snapshot rename " if where == "rename"
+             else AUTOMATIC_SNAPSHOT.replace("(select |delete )", f"{where} "))
+    volume.sim.set_faults([{"match": match, "action": "error"}])
+    assert "Injected failure" in volume.run("snap_revert", snap_xml(0)).reason
+    assert snapshots(volume) == before
+    assert volume.volume(VOLUME).status == "online"
+    assert volume.volume_bytes(VOLUME, MIB) == b"\x11" * MIB
+
+
+@pytest.mark.parametrize("next_action", ["snap_revert", "snap_flatten"])
+def test_automatic_snapshot_left_by_a_failed_revert_goes_with_the_next(volume, next_action):
+    """Deleting it fails twice (the action and its cleanup): it stays, marked, and the
+    volume's next revert or flatten deletes it; snapshots the driver did not mark stay."""
+    with volume.group() as group:
+        group.create_snapshot(VOLUME, f"{VOLUME}-before-restore")  # an administrator's
+    before = snapshots(volume)
+    volume.sim.set_faults([{"match": AUTOMATIC_SNAPSHOT, "action": "error", "times": 2}])
+    assert volume.run("snap_revert", snap_xml(0)).returncode == 1
+    marked = pre_restore_snapshot_name(VOLUME)
+    assert snapshots(volume) == sorted([*before, marked])
+    volume.sim.clear_faults()
+    volume.run(next_action, snap_xml(1)).ok()
+    expected = [n for n in before if "-snap" not in n] if next_action == "snap_flatten" \
+        else before
+    assert snapshots(volume) == expected
+    assert volume.volume_bytes(VOLUME, MIB) == b"\x22" * MIB

@@ -527,6 +527,12 @@ def test_snapshot_clone_and_restore(cli):
     assert cli.head(obj_id, 3) == b"old"
     saved = volume.snapshots[1]
     assert cli.head(saved.obj_id, 3) == b"new"
+    # what the driver does with it: rename (its mark), then delete
+    marked = "v-eqliscsi-pre-restore"
+    assert cli.ok(f"volume select v snapshot rename {saved.name} {marked}") == []
+    assert cli.fields(f"volume select v snapshot select {marked} show")["Status"] == "offline"
+    assert cli.ok(f"volume select v snapshot delete {marked}") == ["Snapshot deletion succeeded."]
+    assert [s.name for s in cli.volume("v").snapshots] == [snap.name]
 
 
 # ---- pools, group, CHAP --------------------------------------------------------------------

@@ -558,9 +558,31 @@ def test_slow_command_times_out_and_closes_the_session(sim, make_settings):
             group.show_volume("vol1")
         assert 0.5 <= time.monotonic() - started < 4.5  # bounded: well before the 5 s delay
         assert not caught.value.retryable
-        sim.wait_sessions(0)
+        sim.wait_sessions(0, timeout=15)  # the group finishes the command first
         sim.clear_faults()
         assert group.show_volume("vol1").name == "vol1"
+
+
+def test_create_that_timed_out_is_completed_by_the_group(sim, make_settings):
+    """A slow group still makes the volume after the client stopped waiting (finding F1:
+    the driver's cleanup waits for it with ``await_volume``)."""
+    with GroupClient(make_settings(sim, command_timeout=0.5)) as group:
+        sim.set_faults([{"match": "^volume create vol1 ", "action": "delay", "seconds": 2}])
+        with pytest.raises(GroupTimeout, match="may still complete"):
+            group.create_volume("vol1", 10, description="made late")
+        late = group.await_volume("vol1", 30)
+        assert late is not None and late.description == "made late"
+    assert [e["ok"] for e in logged(sim, "volume create vol1 ")] == [True]
+
+
+def test_await_volume_gives_up_after_its_bound(sim, group):
+    started = time.monotonic()
+    assert group.await_volume("vol1", 1.5) is None
+    assert time.monotonic() - started >= 1.5
+    shows = logged(sim, "volume select vol1 show")
+    assert 2 <= len(shows) <= 4  # back-off from 0.5 s, a last look at the bound
+    assert group.await_volume("vol1", 0) is None
+    assert len(logged(sim, "volume select vol1 show")) == len(shows) + 1
 
 
 def test_hung_command_times_out(sim, make_settings):

@@ -11,7 +11,9 @@ time. An entry::
      "message": "% Error - ...",   # error text (a default is used when missing)
      "times": 1}               # uses left (default 1; -1 = forever); decremented in the file
 
-The first entry that matches is used.
+The first entry that matches is used.  A ``delay`` before the command is the group being
+slow: it still runs the command when the client has given up waiting, as a real group
+would; ``hang`` and a ``delay`` after the command end when the client goes away.
 """
 
 from __future__ import annotations

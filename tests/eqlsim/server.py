@@ -483,7 +483,9 @@ class _CliSession:
         }
         fault = self.sim.faults.take(line, index, "before")
         if fault is not None and fault.action == "delay":
-            self._pause(fault.seconds)
+            # the group is busy with the command: like a real group it completes it even
+            # when the client stops waiting (only the answer then goes nowhere)
+            self._pause(fault.seconds, until_client_leaves=False)
         elif fault is not None:
             error = self._fault_message(fault) if fault.action == "error" else ""
             self.sim.log.append({**entry, "ok": False, "error": error, "fault": fault.action})
@@ -521,10 +523,11 @@ class _CliSession:
     def _fault_message(self, fault: Fault) -> str:
         return fault.message or self.sim.config.text("injected_error")
 
-    def _pause(self, seconds: float) -> None:
-        """Sleep, but stop early when the client goes away or the server stops."""
+    def _pause(self, seconds: float, until_client_leaves: bool = True) -> None:
+        """Sleep, but stop early when the server stops or (``until_client_leaves``) the
+        client goes away."""
         deadline = time.monotonic() + seconds
-        while self._keep_going() and not self.channel.closed:
+        while not until_client_leaves or (self._keep_going() and not self.channel.closed):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.sim.stopping.wait(min(remaining, 0.05)):
                 return
