@@ -43,7 +43,11 @@ remove is not a symlink, or when a disk of a target's session (or a partition of
 holders (``/sys/class/block/<dev>/holders``), is mounted (``/proc/self/mountinfo``) or is
 open by a process (``sudo fuser``, when installed); then remove the links, ``blockdev
 --flushbufs`` each disk, log out (rc 21, "not logged in", is accepted), delete the node
-record (missing is fine) and check that the session is gone.
+record (missing is fine) and check that the session is gone; a record that cannot be
+deleted fails the detach (``EXIT_NODE``) only after every target is logged out.  A
+failure puts back the links it removed whose disk is still there (a logout that failed),
+so a re-run (or the VM directory's ``delete``, which logs out the disks still linked)
+finds them again.
 
 ``rescan``: ``iscsiadm -m node -T IQN -p PORTAL -R`` of a logged-in target, verify the
 device as in attach step 4, report ``/sys/class/block/<dev>/size`` * 512 (what
@@ -97,7 +101,7 @@ EXIT_LOCK = 80  # the host-side lock was not free in time
 EXIT_INITIATOR = 81  # the host's initiator name differs from the expected one (no change)
 EXIT_INITIATOR_READ = 82  # the initiator name could not be read
 EXIT_SESSION = 83  # iscsiadm -m session failed
-EXIT_NODE = 84  # creating, updating or deleting a node record failed
+EXIT_NODE = 84  # creating, updating or deleting a node record failed (detach: logged out)
 EXIT_LOGIN = 85  # iscsiadm --login failed
 EXIT_DEVICE = 86  # the by-path device did not appear or is not the target's disk
 EXIT_LINK = 87  # a directory or link could not be made or removed
@@ -553,7 +557,8 @@ def _parse_portal(host: str, step: str, portal: str) -> Tuple[str, int]:
 # "EQLISCSI-ERROR <code> <message>" line and that exit code.
 _LIBRARY = r"""
 export LC_ALL=C
-LINKS_MADE=(); LOGGED_IN=(); RECORDS_MADE=(); T_DEV=(); T_SID=(); T_DISKS=(); TMP_ERR=
+LINKS_MADE=(); LINKS_REMOVED=(); LINKS_OLD=(); LOGGED_IN=(); RECORDS_MADE=()
+T_DEV=(); T_SID=(); T_DISKS=(); TMP_ERR=
 trap 'die "$EXIT_SIGNAL" "interrupted by a signal"' HUP INT TERM
 trap 'rollback; exit "$EXIT_SIGNAL"' PIPE
 
@@ -576,13 +581,18 @@ rollback() {
   trap '' PIPE HUP INT TERM
   local p i
   for p in "${LINKS_MADE[@]}"; do [ -L "$p" ] && rm -f -- "$p"; done
+  for i in "${!LINKS_REMOVED[@]}"; do  # put back the links of disks still there
+    p=${LINKS_REMOVED[$i]}
+    [ -e "$p" ] || [ -L "$p" ] || [ ! -b "${LINKS_OLD[$i]}" ] ||
+      ln -s -- "${LINKS_OLD[$i]}" "$p" 2>/dev/null
+  done
   for i in "${LOGGED_IN[@]}"; do
     node_args "$i"; root iscsiadm -m node "${NODE[@]}" --logout >/dev/null 2>&1
   done
   for i in "${RECORDS_MADE[@]}"; do
     node_args "$i"; root iscsiadm -m node "${NODE[@]}" -o delete >/dev/null 2>&1
   done
-  LINKS_MADE=(); LOGGED_IN=(); RECORDS_MADE=()
+  LINKS_MADE=(); LINKS_REMOVED=(); LINKS_OLD=(); LOGGED_IN=(); RECORDS_MADE=()
 }
 root() { timeout -k 5 "$CMD_TIMEOUT" sudo -n "$@" </dev/null 9>&-; }
 run() { OUT=$(root "$@" 2>&1); RC=$?; }
@@ -780,7 +790,7 @@ attach_main() {
   for k in "${!L_PATH[@]}"; do say "DEVICE $k ${T_DEV[${L_TARGET[$k]}]}"; done
 }
 detach_main() {
-  local i p d out
+  local i p d out left=()
   take_lock
   for p in "${R_PATH[@]}"; do
     if [ -e "$p" ] && [ ! -L "$p" ]; then
@@ -798,7 +808,10 @@ detach_main() {
     fi
   done
   for p in "${R_PATH[@]}"; do
-    if [ -L "$p" ]; then out=$(rm -f -- "$p" 2>&1) || die "$EXIT_LINK" "cannot remove $p: $out"; fi
+    [ -L "$p" ] || continue
+    LINKS_OLD+=("$(readlink -- "$p")")
+    LINKS_REMOVED+=("$p")
+    out=$(rm -f -- "$p" 2>&1) || die "$EXIT_LINK" "cannot remove $p: $out"
   done
   for i in "${!T_IQN[@]}"; do
     node_args "$i"
@@ -812,11 +825,14 @@ detach_main() {
       [ "$RC" -eq 21 ] || need_ok "$EXIT_LOGOUT" "logout from $(describe "$i")"
     fi
     run iscsiadm -m node "${NODE[@]}" -o delete
-    [ "$RC" -eq 21 ] || need_ok "$EXIT_NODE" "deleting the node record of $(describe "$i")"
+    [ "$RC" -eq 0 ] || [ "$RC" -eq 21 ] ||
+      left+=("$(describe "$i") ($(rc_text)): $OUT")
     find_session "$i"
     [ -z "$SID" ] ||
       die "$EXIT_LOGOUT" "still logged in to $(describe "$i") (session $SID) after logout"
   done
+  [ "${#left[@]}" -eq 0 ] ||
+    die "$EXIT_NODE" "logged out, but deleting the node record failed: ${left[*]}"
   [ -z "$TMP_ERR" ] || rm -f -- "$TMP_ERR"
 }
 rescan_main() {

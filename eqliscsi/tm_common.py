@@ -45,7 +45,7 @@ from eqliscsi.action_xml import DatastoreInfo, DiskInfo, VmInfo
 from eqliscsi.config import DriverConfig
 from eqliscsi.ds_actions import action_config, description_owner, undo_logged
 from eqliscsi.group import GroupClient, GroupSettings, VolumeInfo
-from eqliscsi.host_iscsi import Chap, DiskLink, Host, VolumeTarget
+from eqliscsi.host_iscsi import EXIT_NODE, Chap, DiskLink, Host, HostError, VolumeTarget
 from eqliscsi.naming import (
     HostPath,
     check_volume_name,
@@ -410,13 +410,19 @@ def _grant(group: GroupClient, volume: Placed, initiator: str) -> Optional[int]:
 def detach(session: TmSession, host_name: str, volumes: Sequence[Placed],
            remove_links: bool) -> None:
     """Log ``host_name`` out of the volumes (removing their links when ``remove_links``),
-    then delete its access records (initiator mode)."""
+    then delete its access records (initiator mode); also when only node records could
+    not be deleted (the host is logged out: the failure is raised after the records)."""
     if not volumes:
         return
     source_host = host(host_name, volumes[0].config)
     log_info(f"logging out of {', '.join(v.volume for v in volumes)} on {host_name}")
-    source_host.detach([v.target for v in volumes],
-                       [v.path for v in volumes] if remove_links else [])
+    try:
+        source_host.detach([v.target for v in volumes],
+                           [v.path for v in volumes] if remove_links else [])
+    except HostError as exc:
+        if exc.exit_code == EXIT_NODE:
+            revoke(session, source_host, volumes)
+        raise
     revoke(session, source_host, volumes)
 
 

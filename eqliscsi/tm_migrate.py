@@ -29,7 +29,8 @@ removed there.
 * ``failmigrate``: the same on the destination (undoing premigrate).
 
 post- and failmigrate go through every step even when one fails and then report the
-first failure.
+first failure; only when the logout failed, multihost access stays on (both hosts may
+still be logged in) until a re-run.
 """
 
 from __future__ import annotations
@@ -190,18 +191,23 @@ def tm_failmigrate(action: Action) -> None:
 
 def _release(tm: TmSession, migration: Migration, name: str, shared: bool,
              disks: List[_Disk]) -> None:
-    """Log ``name`` out, restore multihost access, remove the directory copy there;
-    every step is tried, the first failure is raised at the end."""
-    steps: List[Tuple[str, Callable[[], object]]] = [(
-        f"log {name} out", partial(detach, tm, name, _iscsi(tm, name, disks),
-                                   remove_links=not shared))]
-    steps += [(f"restore multihost access on {d.placed.volume}",
-               partial(_restore_multihost, tm, d.placed)) for d in disks]
+    """Log ``name`` out, restore multihost access (not while ``name`` may still be logged
+    in: the logout failed), remove the directory copy there; every step is tried, the
+    first failure is raised at the end."""
+    failure: Optional[BaseException] = None
+    try:
+        detach(tm, name, _iscsi(tm, name, disks), remove_links=not shared)
+    except Exception as exc:
+        log_warn(f"could not log {name} out: {failure_reason(exc)}; multihost access "
+                 "is left as it is")
+        failure = exc
+    steps: List[Tuple[str, Callable[[], object]]] = [] if failure else [
+        (f"restore multihost access on {d.placed.volume}",
+         partial(_restore_multihost, tm, d.placed)) for d in disks]
     if migration.direct and not shared:
         steps.append((f"remove {migration.vm_dir} on {name}",
                       partial(remove_vm_dir, host(name, _system_config(tm, migration)),
                               migration.vm_dir)))
-    failure: Optional[BaseException] = None
     for what, step in steps:
         try:
             step()

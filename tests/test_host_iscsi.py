@@ -22,6 +22,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
@@ -867,3 +868,36 @@ def test_chap_login_keeps_the_secret_off_command_lines(world: World) -> None:
     with pytest.raises(HostError, match="rc 24"):
         host.attach([replace(link, target=wrong)])
     _no_iscsi_state(world, "host2")
+
+
+@pytest.mark.iscsi
+def test_concurrent_attaches_and_detaches_on_one_host(world: World) -> None:
+    """Eight front-ends (own lock directories) attach and then detach a volume each on
+    host1 at once: the host lock serialises them, every one succeeds, nothing is left."""
+    count = 8
+    host1 = world.hosts.host("host1")
+    volumes = [world.volume(f"vol{index}") for index in range(count)]
+    for index in range(count):
+        world.client.ensure_access(f"vol{index}", initiator=host1.iqn)
+    wrapper = world.ssh_count.parent / "ssh"
+    front_ends = [Host("host1", world.config, ssh_command=(str(wrapper),),
+                       lock_dir=str(world.lock_dir / f"front-end{index}"))
+                  for index in range(count)]
+    links = [DiskLink(volume, f"{SYSTEM_DS}/{100 + index}/disk.0")
+             for index, volume in enumerate(volumes)]
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        devices = list(pool.map(
+            lambda index: front_ends[index].attach(
+                [links[index]], make_dirs=[f"{SYSTEM_DS}/{100 + index}"]),
+            range(count)))
+    assert len({device[links[index].path] for index, device in enumerate(devices)}) == count
+    assert sorted(s["target"] for s in host1.sessions()) == sorted(v.iqn for v in volumes)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        list(pool.map(lambda index: front_ends[index].detach(
+            [volumes[index]], remove_paths=[links[index].path]), range(count)))
+    _no_iscsi_state(world)
+    failed = [call for call in host1.iscsiadm_calls()
+              if call["rc"] not in (0, 21)]  # 21: "no records"/"no sessions" probes
+    assert failed == []

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -25,7 +27,7 @@ from eqliscsi.group import GroupClient, GroupSettings
 from tests import iscsi_tools
 from tests.conftest import RunningSim
 from tests.eqlsim.iscsi import port_is_free
-from tests.hosts.world import Host, HostWorld
+from tests.hosts.world import Host, HostWorld, IscsidStub
 
 pytestmark = pytest.mark.iscsi
 
@@ -315,3 +317,23 @@ def test_shared_datastores_and_a_clean_teardown(group: Group, hosts_factory):
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, timeout=30)
     assert device["stack"] not in processes.stdout and str(world.base_dir) not in processes.stdout
     assert str(world.base_dir) not in Path("/proc/mounts").read_text()
+
+
+def test_iscsid_stub_waits_for_late_requests():
+    """iscsiadm writes its request to iscsid after connect, on a busy machine much later:
+    the stub must not hang up first (iscsiadm then died of SIGPIPE: rc 243 in bursts), and
+    a client that never writes must not hold up the others."""
+    stub = IscsidStub(f"\0eqliscsi-test-iscsid-stub-{os.getpid()}".encode())
+    stub.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent, socket.socket(
+            socket.AF_UNIX, socket.SOCK_STREAM
+        ) as late:
+            silent.connect(stub.name)
+            late.connect(stub.name)
+            late.settimeout(10)
+            time.sleep(IscsidStub.IDLE * 10)
+            late.sendall(bytes(16104))  # the size of iscsiadm 2.1.8's request
+            assert late.recv(1) == b""  # then it hangs up: iscsiadm reads iscsid.conf itself
+    finally:
+        stub.stop()

@@ -78,11 +78,31 @@ Exit codes (open-iscsi ``include/iscsi_err.h``, semantics from ``usr/iscsiadm.c`
   not connect;
 * 22 ISCSI_ERR_SYSFS_LOOKUP: ``-r SID`` of an unknown session, a failed rescan;
 * 13 ISCSI_ERR_ACCESS: session operations without root ("daemon access denied");
-* 9 ISCSI_ERR_INTERNAL: the stand-in itself failed (traceback in the call log).
+* 9 ISCSI_ERR_INTERNAL: the stand-in itself failed (traceback in the call log), or the
+  real binary was killed by a signal (named in the call log).
 
 Every call is appended to ``/run/eqlsim-iscsi/iscsiadm.log`` (argv, caller, rc, and the
 libiscsi/qemu details a real host would find in iscsid's syslog).  Every tool runs with a
 timeout, and a login that fails half-way tears down what it started.
+
+Injected faults (set by tests with ``Host.set_faults`` of ``world.py``):
+``/run/eqlsim-iscsi/faults.json`` holds a JSON list of entries ``{"op": OP, "target":
+"<regex searched in the target IQN>" (optional: any target), "rc": N (optional), "times":
+N (default 1; -1 forever; counted down in the file)}``; the first entry of the op that
+matches the target is used.  OP is one of:
+
+* ``login``: the login fails like a rejected one (rc 24 by default; 8 timeout, 19 fatal
+  login, 5 ...), nothing is set up;
+* ``logout``: the logout fails (rc 10 ISCSI_ERR_LOGOUT by default, e.g. 28 busy): "Could
+  not logout of [sid: ...]", and the session, its devices and links stay;
+* ``rescan``: ``-R`` fails (rc 22 by default), nothing changes;
+* ``node-new``, ``node-delete``: ``-m node -o new|delete`` fails (rc 6 ISCSI_ERR_IDBM by
+  default) without touching the database;
+* ``no-device``: the login succeeds but no disk appears (no loop device, no by-path link;
+  ``-P 3`` lists the LUNs without "Attached scsi disk"), as when sd never attaches;
+* ``no-link``: the login succeeds and the disk appears, but udev makes no by-path link.
+
+Each fault used is noted in the call log.
 """
 
 from __future__ import annotations
@@ -133,9 +153,11 @@ UNKNOWN = "<empty>"
 OK = 0
 ERR_TRANS = 4
 ERR_LOGIN = 5
+ERR_IDBM = 6
 ERR_INVAL = 7
 ERR_TRANS_TIMEOUT = 8
 ERR_INTERNAL = 9
+ERR_LOGOUT = 10
 ERR_ACCESS = 13
 ERR_SESS_EXISTS = 15
 ERR_FATAL_LOGIN = 19
@@ -143,11 +165,14 @@ ERR_NO_OBJS_FOUND = 21
 ERR_SYSFS_LOOKUP = 22
 ERR_LOGIN_AUTH_FAILED = 24
 ERR_OP_NOT_SUPP = 27
+ERR_BUSY = 28
 ERROR_TEXT = {
     ERR_TRANS: "encountered connection failure",
     ERR_LOGIN: "encountered iSCSI login failure",
+    ERR_IDBM: "encountered iSCSI database failure",
     ERR_INVAL: "invalid parameter",
     ERR_TRANS_TIMEOUT: "connection timed out",
+    ERR_LOGOUT: "encountered iSCSI logout failure",
     ERR_ACCESS: "daemon access denied",
     ERR_SESS_EXISTS: "session exists",
     ERR_FATAL_LOGIN: "encountered non-retryable iSCSI login failure",
@@ -155,6 +180,18 @@ ERROR_TEXT = {
     ERR_SYSFS_LOOKUP: "sysfs lookup failure",
     ERR_LOGIN_AUTH_FAILED: "iSCSI login failed due to authorization failure",
     ERR_OP_NOT_SUPP: "operation not supported",
+    ERR_BUSY: "device or resource in use",
+}
+FAULTS = RUN_DIR / "faults.json"
+FAULTS_LOCK = RUN_DIR / "faults.lock"
+FAULT_OPS = {  # op -> default exit code
+    "login": ERR_LOGIN_AUTH_FAILED,
+    "logout": ERR_LOGOUT,
+    "rescan": ERR_SYSFS_LOOKUP,
+    "node-new": ERR_IDBM,
+    "node-delete": ERR_IDBM,
+    "no-device": OK,
+    "no-link": OK,
 }
 
 SHORT_OPTIONS = "RlDVhm:a:b:c:C:p:P:T:H:i:I:U:k:L:d:r:n:v:o:sSt:ux:A:W"
@@ -204,6 +241,49 @@ _details: List[str] = []
 def note(detail: str) -> None:
     """Keep a detail for the call log (where a real host's iscsid would syslog it)."""
     _details.append(detail)
+
+
+# ---- injected faults -----------------------------------------------------------------------
+
+
+def check_faults(entries: object) -> List[Dict[str, object]]:
+    """The fault entries, validated (ValueError naming the bad entry)."""
+    if not isinstance(entries, list):
+        raise ValueError("faults: expected a list of entries")
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) - {"op", "target", "rc", "times"}:
+            raise ValueError(f"bad fault {entry!r}: keys are op, target, rc, times")
+        if entry.get("op") not in FAULT_OPS:
+            raise ValueError(f"bad fault {entry!r}: op is one of {sorted(FAULT_OPS)}")
+        if entry.get("rc", ERR_LOGIN) not in ERROR_TEXT or not isinstance(
+                entry.get("times", 1), int):
+            raise ValueError(f"bad fault {entry!r}: rc must be an iscsiadm error code, "
+                             "times a number")
+        re.compile(str(entry.get("target", "")))
+    return entries
+
+
+def take_fault(op: str, target: str) -> Optional[int]:
+    """The exit code of the fault injected for ``op`` on ``target``, using up one of its
+    ``times``; None when there is none."""
+    if not FAULTS.exists():
+        return None
+    with open(FAULTS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = check_faults(json.loads(FAULTS.read_text() or "[]"))
+        for entry in entries:
+            times = int(str(entry.get("times", 1)))
+            if entry["op"] != op or times == 0 or not re.search(
+                    str(entry.get("target", "")), target):
+                continue
+            if times > 0:
+                entry["times"] = times - 1
+                tmp = FAULTS.with_suffix(".tmp")
+                tmp.write_text(json.dumps(entries, indent=1))
+                tmp.replace(FAULTS)
+            note(f"injected fault: {op} of {target}")
+            return int(str(entry.get("rc", FAULT_OPS[op])))
+    return None
 
 
 # ---- arguments ---------------------------------------------------------------------------
@@ -310,6 +390,11 @@ def real(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
     except subprocess.TimeoutExpired:
         error(f"timed out after {TOOL_TIMEOUT}s")
         raise Failure(ERR_TRANS_TIMEOUT) from None
+    if result.returncode < 0:  # a signal is none of iscsiadm's answers: the stand-in failed
+        killed = f"the real iscsiadm was killed by {signal.Signals(-result.returncode).name}"
+        error(f"internal error of the test hosts' iscsiadm stand-in: {killed}")
+        note(killed)
+        raise Failure(ERR_INTERNAL)
     stderr = "".join(
         line for line in result.stderr.splitlines(keepends=True) if not DAEMON_NOISE.search(line)
     )
@@ -765,7 +850,8 @@ def set_link(link: Path, loop: str) -> None:
     tmp.replace(link)
 
 
-def attach_device(session: Session, lun: int, chap: Optional[Chap]) -> Device:
+def attach_device(session: Session, lun: int, chap: Optional[Chap],
+                  with_link: bool = True) -> Device:
     node = session.node
     stack = session_dir(session.sid) / f"lun{lun}.{next_id('next_stack')}"
     qemu_pid, fuse_pid = start_stack(node, lun, chap, session.initiator, stack)
@@ -780,7 +866,8 @@ def attach_device(session: Session, lun: int, chap: Optional[Chap]) -> Device:
         stop_stack(stack, qemu_pid, fuse_pid)
         raise
     link = BY_PATH / f"ip-{node.ip}:{node.port}-iscsi-{node.target}-lun-{lun}"
-    set_link(link, loop)
+    if with_link:
+        set_link(link, loop)
     size = (stack / "mnt" / "disk").stat().st_size
     return Device(lun, loop, str(link), str(stack), qemu_pid, fuse_pid, size)
 
@@ -819,6 +906,9 @@ def rescan_device(session: Session, device: Device, chap: Optional[Chap]) -> Dev
 
 def establish(node: Node, initiator: str) -> Session:
     """Log in to the node: probe its LUNs and build a device for every disk LUN."""
+    rc = take_fault("login", node.target)
+    if rc is not None:
+        raise Failure(rc, "injected login fault")
     settings = node_settings(node)
     chap = chap_of(settings, "node.session.auth")
     luns = probe_luns(node, chap, initiator)
@@ -835,10 +925,12 @@ def establish(node: Node, initiator: str) -> Session:
         luns=luns,
         devices=[],
     )
+    no_device = take_fault("no-device", node.target) is not None
+    with_link = no_device or take_fault("no-link", node.target) is None
     try:
         for lun, kind in luns:
-            if kind == "DIRECT_ACCESS":
-                session.devices.append(attach_device(session, lun, chap))
+            if kind == "DIRECT_ACCESS" and not no_device:
+                session.devices.append(attach_device(session, lun, chap, with_link))
     except BaseException:
         for device in session.devices:
             remove_device(device)
@@ -879,7 +971,14 @@ def login(nodes: Sequence[Node]) -> int:
 def logout(sessions: Sequence[Session]) -> int:
     for session in sessions:
         info(f"Logging out of session {session.describe()}")
+    failed = OK
     for session in sessions:
+        rc = take_fault("logout", session.target)
+        if rc is not None:
+            error(f"Could not logout of {session.describe()}.")
+            error(f"initiator reported error ({rc} - {ERROR_TEXT[rc]})")
+            failed = failed or rc
+            continue
         for device in session.devices:
             remove_device(device)
         directory = session_dir(session.sid)
@@ -887,12 +986,18 @@ def logout(sessions: Sequence[Session]) -> int:
             directory.rmdir()
         session.path.unlink()
         info(f"Logout of {session.describe()} successful.")
-    return OK
+    if failed:
+        error("Could not logout of all requested sessions")
+    return failed
 
 
 def rescan(sessions: Sequence[Session]) -> int:
     for session in sessions:
         info(f"Rescanning session {session.describe()}")
+        injected = take_fault("rescan", session.target)
+        if injected is not None:
+            error(f"Could not rescan session sid {session.sid}.")
+            return injected
         chap = chap_of(node_settings(session.node), "node.session.auth")
         for index, device in enumerate(session.devices):
             try:
@@ -923,6 +1028,12 @@ def node_mode(req: Request, argv: Sequence[str]) -> int:
     if req.ip and req.port == -1:
         req.port = ISCSI_PORT
     if not (req.login or req.logout or req.rescan):
+        for op in ("new", "delete"):
+            rc = take_fault(f"node-{op}", req.target) if op in req.ops else None
+            if rc is not None:
+                verb = "adding" if op == "new" else "deleting"
+                error(f"Error while {verb} record: {ERROR_TEXT[rc]}")
+                return rc
         if "delete" in req.ops:
             with host_lock():
                 busy = [s for s in load_sessions() if session_matches(req, s)]

@@ -38,6 +38,11 @@ created on the machine if missing and left there.  Host names other than the hos
 resolve, in the ssh config, to an address nothing listens on, so a stray ``ssh`` never
 leaves the machine.
 
+Faults for tests: ``Host.set_faults`` makes the host's ``iscsiadm`` fail (login, logout,
+rescan, node records) or its disks not appear, per target (see ``tests/hosts/initiator.py``);
+``HostWorld.set_reachable(name, False)`` cuts a host off (ssh: "Connection refused", as
+when its sshd is down) until ``set_reachable(name, True)``.
+
 Every host's first process is ``hostinit.py`` (namespace holder, subreaper, sshd
 supervisor), a direct child of the harness; it also tears its host down when the harness
 dies.  ``stop()`` lets it log out every session and stop everything; whatever survives is
@@ -47,6 +52,7 @@ killed by namespace membership, loop devices left behind are detached, and
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import json
 import os
@@ -65,6 +71,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from tests.hosts.initiator import FAULTS, FAULTS_LOCK, check_faults
 
 HOST_USER = "oneadmin"
 ONEADMIN_ID = 9869  # OpenNebula packages' uid/gid for oneadmin
@@ -208,6 +216,7 @@ class Host:
     proc: Optional[subprocess.Popen[str]] = field(default=None, repr=False)
     namespace: Optional[str] = field(default=None, repr=False)
     exit_status: Optional[int] = None  # of hostinit: 0 after a clean teardown
+    unreachable_port: Optional[int] = None  # set: ssh goes to this closed port instead
 
     @property
     def pid(self) -> int:
@@ -261,6 +270,21 @@ class Host:
             else []
         )
         return [json.loads(path.read_text()) for path in files]
+
+    def set_faults(self, entries: Sequence[Dict[str, Any]]) -> None:
+        """Replace the faults the host's ``iscsiadm`` injects (entries as documented in
+        ``tests/hosts/initiator.py``; validated first)."""
+        check_faults(list(entries))
+        with open(self.run_dir / FAULTS_LOCK.name, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tmp = self.run_dir / f"{FAULTS.name}.new"
+            tmp.write_text(json.dumps(list(entries), indent=1))
+            tmp.replace(self.run_dir / FAULTS.name)
+
+    def faults(self) -> List[Dict[str, Any]]:
+        """The injected faults as they are now (``times`` counted down by use)."""
+        path = self.run_dir / FAULTS.name
+        return list(json.loads(path.read_text())) if path.exists() else []
 
     def iscsiadm_calls(self) -> List[Dict[str, Any]]:
         """Every iscsiadm call made on the host: argv, uid, sudo_user, rc, details."""
@@ -364,7 +388,7 @@ class HostWorld:
             lines += [
                 f"Host {host.name} {host.address}",
                 f"    HostName {host.address}",
-                f"    Port {host.port}",
+                f"    Port {host.unreachable_port or host.port}",
                 f"    HostKeyAlias {host.name}",
                 "",
             ]
@@ -580,6 +604,16 @@ class HostWorld:
             os.chown(target, info.st_uid, info.st_gid)
             target.chmod(info.st_mode & 0o777)
 
+    def set_reachable(self, name: str, reachable: bool) -> None:
+        """Cut host ``name`` off the front-end or reconnect it: its ssh config entry names a
+        port nothing listens on (its multiplexed connection is closed first)."""
+        host = self.host(name)
+        if self._control_dir:
+            _run(["ssh", "-F", str(self.ssh_config), "-O", "exit", name], timeout=5,
+                 check=False)
+        host.unreachable_port = None if reachable else free_port(host.address)
+        self._write_client_config()
+
     # ---- stop ------------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -594,6 +628,8 @@ class HostWorld:
                     )
             shutil.rmtree(self._control_dir, ignore_errors=True)
             self._control_dir = ""
+        for host in self.hosts:  # a teardown must not meet an injected fault
+            (host.run_dir / FAULTS.name).unlink(missing_ok=True)
         for host in self.hosts:  # all at once: they log out in parallel
             if host.proc is not None and host.proc.poll() is None:
                 host.proc.send_signal(signal.SIGTERM)
@@ -676,19 +712,27 @@ class HostWorld:
 
 
 class IscsidStub:
-    """Hangs up at once on the real iscsiadm's requests to iscsid.
+    """Hangs up on the real iscsiadm's requests to iscsid once each request has arrived.
 
     Before it creates a node or discovery record, iscsiadm asks iscsid (abstract socket
     ``@ISCSIADM_ABSTRACT_NAMESPACE``, one per network namespace) for its config file; when
     nothing listens it tries to start iscsid and sleeps a second.  The stub reads the
     request and closes, so iscsiadm reads ``/etc/iscsi/iscsid.conf`` itself at once (the
     same file).  When the name is taken (another world's stub) this one stays idle.
+
+    iscsiadm writes its request after ``connect`` returns, and a busy machine may run it
+    much later: each connection is answered by its own thread, which waits up to
+    ``REQUEST_TIMEOUT`` for the request's first bytes.  Closing earlier would kill
+    iscsiadm with SIGPIPE when it writes (it keeps SIGPIPE's default action), which the
+    hosts' ``iscsiadm`` reported as exit code 243 (-13).
     """
 
     NAME = b"\0ISCSIADM_ABSTRACT_NAMESPACE"
-    IDLE = 0.02  # a request is complete when no byte comes for this long
+    REQUEST_TIMEOUT = 30.0  # for the first bytes of a request after connect
+    IDLE = 0.02  # then the request is complete when no byte comes for this long
 
-    def __init__(self) -> None:
+    def __init__(self, name: bytes = NAME) -> None:
+        self.name = name
         self._socket: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -696,7 +740,7 @@ class IscsidStub:
     def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.NAME)
+            sock.bind(self.name)
         except OSError:
             sock.close()
             return
@@ -712,13 +756,22 @@ class IscsidStub:
             if not ready:
                 continue
             conn, _ = self._socket.accept()
-            conn.settimeout(self.IDLE)
+            threading.Thread(
+                target=self._answer, args=(conn,), name="iscsid-stub-request", daemon=True
+            ).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        """Read one request (or the client's hang-up), then close."""
+        with conn:
             try:
+                conn.settimeout(self.REQUEST_TIMEOUT)
+                if not conn.recv(65536):
+                    return
+                conn.settimeout(self.IDLE)
                 while conn.recv(65536):
                     pass
             except OSError:
                 pass
-            conn.close()
 
     def stop(self) -> None:
         self._stop.set()
