@@ -1,13 +1,14 @@
 """The datastore fault matrix: every DS action, every Group CLI command it sends, every
 fault the simulator can inject at that command.
 
-``Scenario`` describes one action (its set-up, its action XML and the volumes the group
-holds before and after a successful run).  ``FaultMatrix`` runs the action once cleanly,
-records the commands it sent (from the simulator's command log) and then, for each command
-position and each ``FAULTS`` entry, resets the group to the set-up, injects the fault at
-exactly that command (``match`` = the whole command line, ``nth`` = its position in the
-connection), runs the action, checks the outcome (``check``), clears the faults, runs the
-action again and checks that it succeeds and leaves exactly the clean run's state.
+``CommandFaultMatrix`` is the machinery (shared with the TM matrix, ``tm_faultmatrix``):
+it runs the action once cleanly, records the commands it sent (from the simulator's
+command log) and then, for each command position and each ``FAULTS`` entry, resets the
+group to the set-up, injects the fault at exactly that command (``match`` = the whole
+command line, ``nth`` = its position in the connection), runs the action, checks the
+outcome (``case``), clears the faults, runs the action again and checks that it succeeds
+and leaves exactly the clean run's state.  ``FaultMatrix`` is its DS form: a
+``Scenario`` describes one DS action (its set-up and its action XML).
 
 A bystander volume (``keep.9``, with a host's access record and a snapshot) is on the
 group in every case: no fault may touch it.
@@ -20,16 +21,27 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from typing import (
+    Callable,
+    ContextManager,
+    Dict,
+    List,
+    Optional,
+    Protocol,
+    Set,
+    Tuple,
+    TypeVar,
+)
 
 from eqliscsi.ds_actions import delete_with_snapshots, image_description, snapshot_name
+from eqliscsi.group import GroupClient
+from tests.conftest import RunningSim
 from tests.ds_harness import FRONTEND, MIB, DsHarness, DsRun, ds_xml, write_random
 
 BYSTANDER = "keep.9"
 HOST = "iqn.2024-01.org.example:host1"
 COMMAND_TIMEOUT = 5  # EQL_COMMAND_TIMEOUT in the matrix' conf
 SLOW = COMMAND_TIMEOUT + 3  # the "slow group" delay: past the command timeout
-_GROUP_SNAPSHOT = re.compile(r"-\d{4}-\d\d-\d\d-\d\d:\d\d:\d\d\.\d+")
 # the group names its own snapshots by time (``<volume>-2026-11-24-12:19:50.3``): in a
 # fault's match that part may differ from the clean run
 _TIMESTAMP = re.compile(r"\d{4}\\-\d\d\\-\d\d\\-\d\d:\d\d:\d\d\\\.\d+")
@@ -42,14 +54,28 @@ FAULTS: Dict[str, Dict[str, object]] = {
     "slow": {"when": "before", "action": "delay", "seconds": SLOW},
 }
 
+_V = TypeVar("_V")
 GroupView = Dict[str, Tuple[str, Tuple[str, ...], Tuple[str, ...], str]]
+_NO_VOLUME: Tuple[str, Tuple[str, ...], Tuple[str, ...], str] = ("", (), (), "")
 
 
-def group_view(ds: DsHarness) -> GroupView:
+class Harness(Protocol):
+    """What the matrix needs of a test harness (``DsHarness``, ``TmHarness``)."""
+
+    sim: RunningSim
+
+    def group(self) -> ContextManager[GroupClient]: ...
+
+    def volume_names(self) -> List[str]: ...
+
+    def write_conf(self, **extra: str) -> None: ...
+
+
+def group_view(harness: Harness) -> GroupView:
     """Volume -> (status, access initiators, snapshot names, description)."""
     return {v.name: (v.status, tuple(sorted(r.initiator for r in v.access)),
                      tuple(sorted(s.name for s in v.snapshots)), v.description)
-            for v in ds.sim.load_state().volumes.values()}
+            for v in harness.sim.load_state().volumes.values()}
 
 
 @dataclass
@@ -63,8 +89,8 @@ class Scenario:
     idempotent: bool = True
 
 
-def _bystander(ds: DsHarness) -> None:
-    with ds.group() as group:
+def _bystander(harness: Harness) -> None:
+    with harness.group() as group:
         group.create_volume(BYSTANDER, 16, description=image_description(9, "Keep"))
         group.create_access(BYSTANDER, initiator=HOST)
         group.create_snapshot(BYSTANDER, snapshot_name(BYSTANDER, 0))
@@ -125,60 +151,95 @@ class CaseResult:
     fault: str
     outcome: str  # "failed: <reason>" or "succeeded"
     problems: List[str] = field(default_factory=list)
-    known: str = ""  # an open finding (RELIABILITY.md), shown in the table, not a failure
 
     @property
     def row(self) -> str:
-        status = ("OK" if not self.problems and not self.known else
-                  f"KNOWN: {self.known}" if not self.problems else
-                  "PROBLEM: " + "; ".join(self.problems))
+        status = "OK" if not self.problems else "PROBLEM: " + "; ".join(self.problems)
         return (f"| {self.action} | {self.position} | `{self.command}` | {self.fault} | "
                 f"{self.outcome} | {status} |")
 
 
-class FaultMatrix:
-    """Runs one scenario's matrix against one harness (group with real iSCSI)."""
+def _difference(now: Dict[str, _V], then: Dict[str, _V]) -> str:
+    """The entries that differ: ``key: now (clean run: then)``; "" when none do."""
+    return "".join(f"{key}: {now.get(key)} (clean run: {then.get(key)}); "
+                   for key in sorted(set(now) | set(then)) if now.get(key) != then.get(key))
 
-    def __init__(self, ds: DsHarness, scenario: Scenario, work: Path) -> None:
-        self.ds = ds
-        self.scenario = scenario
+
+class CommandFaultMatrix:
+    """The matrix of one action against one harness: ``record`` the clean run, then
+    ``case`` by case.  Subclasses say how to set up and run the action and may add state
+    beyond the group's volumes (``extra_view``) and checks (``extra_problems``)."""
+
+    frontend = FRONTEND  # the front-end's initiator: none of its records may stay
+
+    def __init__(self, harness: Harness, action: str, work: Path,
+                 idempotent: bool = True) -> None:
+        self.harness = harness
+        self.action = action
         self.work = work
+        # False: running it again after it succeeded must fail cleanly, not succeed
+        self.idempotent = idempotent
         work.mkdir(exist_ok=True)
-        ds.write_conf(EQL_COMMAND_TIMEOUT=str(COMMAND_TIMEOUT))
+        harness.write_conf(EQL_COMMAND_TIMEOUT=str(COMMAND_TIMEOUT))
         self.before: GroupView = {}
         self.after: GroupView = {}
+        self.extra_before: Dict[str, object] = {}
+        self.extra_after: Dict[str, object] = {}
         self.commands: List[Tuple[int, str]] = []  # (nth in its connection, command)
-        self.fault, self.known, self.last_reason = "", "", ""  # of the current case
+
+    # --- what subclasses provide ---------------------------------------------------------
+
+    def setup(self) -> None:
+        """The action's own set-up, after the reset (the bystander is there)."""
+        raise NotImplementedError
+
+    def run_action(self) -> DsRun:
+        raise NotImplementedError
+
+    def clear(self) -> None:
+        """Undo what the group reset cannot (before the volumes are deleted)."""
+
+    def extra_view(self) -> Dict[str, object]:
+        """State beyond the group view that a success must leave as the clean run did."""
+        return {}
+
+    def extra_problems(self, succeeded: bool) -> List[str]:
+        return []
 
     # --- group state ---------------------------------------------------------------------
 
     def reset(self) -> None:
         """Back to the set-up: only the bystander and the scenario's own volumes."""
-        self.ds.sim.clear_faults()
-        self.ds.sim.wait_sessions(0, timeout=15)
-        with self.ds.group() as group:
+        self.harness.sim.clear_faults()
+        self.harness.sim.wait_sessions(0, timeout=15)
+        self.clear()
+        with self.harness.group() as group:
             for summary in group.list_volumes():
                 if summary.name != BYSTANDER:
                     delete_with_snapshots(group, summary.name)
-        if BYSTANDER not in self.ds.volume_names():
-            _bystander(self.ds)
-        self.scenario.setup(self.ds, self.work)
+        if BYSTANDER not in self.harness.volume_names():
+            _bystander(self.harness)
+        self.setup()
 
     def run(self) -> Tuple[DsRun, List[Dict[str, object]]]:
         """Run the action; its log entries (those of connections the action opened)."""
-        mark = len(self.ds.sim.commands())
-        run = self.ds.run(self.scenario.action, self.scenario.xml(self.work),
-                          object_id=self.scenario.object_id)
-        return run, self.ds.sim.commands()[mark:]
+        mark = len(self.harness.sim.commands())
+        run = self.run_action()
+        return run, self.harness.sim.commands()[mark:]
+
+    def differs(self) -> str:
+        """How the state differs from the clean run's result ("" if it does not)."""
+        return _difference(group_view(self.harness), self.after) + _difference(
+            self.extra_view(), self.extra_after)
 
     # --- the clean run -------------------------------------------------------------------
 
     def record(self) -> None:
         self.reset()
-        self.before = group_view(self.ds)
+        self.before, self.extra_before = group_view(self.harness), self.extra_view()
         run, entries = self.run()
         run.ok()
-        self.after = group_view(self.ds)
+        self.after, self.extra_after = group_view(self.harness), self.extra_view()
         per_conn: Dict[object, int] = {}
         for entry in entries:
             per_conn[entry["conn"]] = per_conn.get(entry["conn"], 0) + 1
@@ -192,14 +253,13 @@ class FaultMatrix:
         pattern = _TIMESTAMP.sub(lambda _: "[0-9:.-]+", re.escape(command))
         entry: Dict[str, object] = {"match": f"^{pattern}$", "nth": nth,
                                     "times": 1, **FAULTS[fault]}
-        self.ds.sim.set_faults([entry])
+        sim = self.harness.sim
+        sim.set_faults([entry])
         started = time.monotonic()
         run, _ = self.run()
         elapsed = time.monotonic() - started
         problems: List[str] = []
-        self.fault, self.known = fault, ""
-        self.last_reason = run.stderr.splitlines()[-1] if run.returncode and run.stderr else ""
-        left = json.loads((self.ds.sim.state_dir / "faults.json").read_text())
+        left = json.loads((sim.state_dir / "faults.json").read_text())
         if left and left[0].get("times") != 0:
             problems.append("the fault was never triggered (commands differ from the clean run)")
         if run.returncode == 0:
@@ -210,27 +270,25 @@ class FaultMatrix:
             outcome = "failed"
             problems += self._failure_contract(run)
         problems += self._state_problems(run.returncode == 0)
-        self.ds.sim.clear_faults()
+        problems += self.extra_problems(run.returncode == 0)
+        sim.clear_faults()
         try:
-            self.ds.sim.wait_sessions(0, timeout=10)
+            sim.wait_sessions(0, timeout=10)
         except TimeoutError:
             problems.append("a CLI session stayed open after the action ended")
         if elapsed > 60:
             problems.append(f"took {elapsed:.0f} s")
         again, _ = self.run()
-        completed = group_view(self.ds) == self.after
-        if again.returncode != 0 and (self.scenario.idempotent or not completed):
+        left_by_rerun = self.differs()
+        if again.returncode != 0 and (self.idempotent or left_by_rerun):
             problems.append(f"re-run failed: {again.stderr.splitlines()[-1:]}")
         elif again.returncode != 0:
             problems += self._failure_contract(again)
-        elif group_view(self.ds) != self.after:
-            problems.append(f"re-run left {group_view(self.ds)}, clean run {self.after}")
-        if problems and self._automatic_snapshot_left(command, problems):
-            problems, self.known = [], ("the group's automatic pre-restore snapshot is left "
-                                        "(open finding F2)")
+        elif left_by_rerun:
+            problems.append(f"re-run left {left_by_rerun}")
         reason = run.stderr.splitlines()[-1] if run.returncode else ""
-        return CaseResult(self.scenario.action, position + 1, command, fault,
-                          f"failed: {reason}" if reason else outcome, problems, self.known)
+        return CaseResult(self.action, position + 1, command, fault,
+                          f"failed: {reason}" if reason else outcome, problems)
 
     def _failure_contract(self, run: DsRun) -> List[str]:
         lines = run.stderr.splitlines()
@@ -243,37 +301,13 @@ class FaultMatrix:
             return ["traceback on stderr"]
         return []
 
-    def _automatic_snapshot_left(self, command: str, problems: List[str]) -> bool:
-        """The fault hit the deletion of the group's own pre-restore snapshot and the only
-        harm is that snapshot, left (open finding F2 in RELIABILITY.md)."""
-        if not _GROUP_SNAPSHOT.search(command) or not all(
-                problem.startswith(("snapshot(s) [", "re-run left")) for problem in problems):
-            return False
-        view = group_view(self.ds)
-        if set(view) != set(self.after):
-            return False
-        for name, (status, access, snapshots, description) in view.items():
-            expected = self.after[name]
-            extra = set(snapshots) - set(expected[2])
-            if ((status, access, description) != (expected[0], expected[1], expected[3])
-                    or set(expected[2]) - set(snapshots)
-                    or not all(_GROUP_SNAPSHOT.search(snap) for snap in extra)):
-                return False
-        return True
-
-    def _completed_late(self, made: Set[str]) -> bool:
-        """The "slow" fault on the change that makes a volume: the group completed it
-        after the driver gave up waiting (open finding F1 in RELIABILITY.md)."""
-        return (self.fault == "slow" and self.last_reason.startswith("no answer to `volume ")
-                and made <= set(self.after))
-
     def _state_problems(self, succeeded: bool) -> List[str]:
-        view = group_view(self.ds)
+        view = group_view(self.harness)
         problems = []
         if view.get(BYSTANDER) != self.before[BYSTANDER]:
             problems.append(f"bystander changed: {view.get(BYSTANDER)}")
         for name, (_, access, _, _) in view.items():
-            if FRONTEND in access:
+            if self.frontend in access:
                 problems.append(f"front-end access record left on {name}")
         allowed: Set[str] = set(self.before) | set(self.after)
         orphans = set(view) - allowed
@@ -285,20 +319,35 @@ class FaultMatrix:
             if lost:
                 problems.append(f"volumes lost: {sorted(lost)}")
             for name, (_, _, snapshots, _) in view.items():
-                known = set(self.before.get(name, ("", (), (), ""))[2]) | set(
-                    self.after.get(name, ("", (), (), ""))[2])
+                known = set(self.before.get(name, _NO_VOLUME)[2]) | set(
+                    self.after.get(name, _NO_VOLUME)[2])
                 if set(snapshots) - known:
                     problems.append(f"snapshot(s) {sorted(set(snapshots) - known)} left "
                                     f"on {name}")
             made = set(view) - set(self.before)
-            if made and not self._completed_late(made):
+            if made:
                 problems.append(f"volume(s) {sorted(made)} left by the failed action")
-            elif made:
-                self.known = (f"{sorted(made)} created by the group after the command "
-                              "timed out; replaced by the re-run (open finding F1)")
-        elif view != self.after:
-            problems.append(f"succeeded but left {view}, clean run {self.after}")
+        else:
+            left = self.differs()
+            if left:
+                problems.append(f"succeeded but left {left}")
         return problems
+
+
+class FaultMatrix(CommandFaultMatrix):
+    """Runs one DS scenario's matrix against one harness (group with real iSCSI)."""
+
+    def __init__(self, ds: DsHarness, scenario: Scenario, work: Path) -> None:
+        super().__init__(ds, scenario.action, work, scenario.idempotent)
+        self.ds = ds
+        self.scenario = scenario
+
+    def setup(self) -> None:
+        self.scenario.setup(self.ds, self.work)
+
+    def run_action(self) -> DsRun:
+        return self.ds.run(self.scenario.action, self.scenario.xml(self.work),
+                           object_id=self.scenario.object_id)
 
 
 def table(results: List[CaseResult]) -> str:
