@@ -576,7 +576,13 @@ die() {
   [ -z "$TMP_ERR" ] || rm -f -- "$TMP_ERR"
   exit "$code"
 }
-need_ok() { [ "$RC" -eq 0 ] || die "$1" "$2 failed ($(rc_text)): $OUT"; }
+brief() {  # iscsiadm's own reason ("reported error (N - why)"), else all it said
+  local why
+  why=$(printf '%s\n' "$1" | sed -n 's/.*reported error ([0-9]* - \(.*\))[[:space:]]*$/\1/p' |
+    tail -n 1)
+  printf '%s' "${why:-$1}"
+}
+need_ok() { [ "$RC" -eq 0 ] || die "$1" "$2 failed ($(rc_text)): $(brief "$OUT")"; }
 rollback() {
   trap '' PIPE HUP INT TERM
   local p i

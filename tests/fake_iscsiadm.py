@@ -119,7 +119,9 @@ def node_mode(opts: Dict[str, List[str]]) -> int:
         if matching:
             return fail(15, "1 session requested, but 1 already present.")
         if os.environ.get("FAKE_LOGIN_RC"):
-            return fail(int(os.environ["FAKE_LOGIN_RC"]), "Could not login (fake fault)")
+            rc = int(os.environ["FAKE_LOGIN_RC"])
+            return fail(rc, f"Could not login to [fake].\niscsiadm: initiator reported error "
+                            f"({rc} - fake login fault)\niscsiadm: Could not log into all portals")
         sessions = load_sessions()
         sid = str(max([int(s["sid"]) for s in sessions] + [0]) + 1)
         settings = read_record(found[0])

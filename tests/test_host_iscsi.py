@@ -319,8 +319,8 @@ def test_failed_login_rolls_back_everything_this_call_did(
     with pytest.raises(HostError) as failed:
         host.attach(links)
     assert failed.value.exit_code == host_iscsi.EXIT_LOGIN
-    assert str(failed.value).startswith(f"host kvm1: attach: login to {IQN2} at {PORTAL} "
-                                        "failed (rc 24)")
+    assert str(failed.value) == (f"host kvm1: attach: login to {IQN2} at {PORTAL} "
+                                 "failed (rc 24): fake login fault")  # iscsiadm's reason only
     assert [s["iqn"] for s in fake.sessions()] == [IQN1]  # logged in before: kept
     assert [r.parts[-3] for r in fake.records()] == [IQN1]
     assert not (vm_dir(fake, "2") / "disk.0").exists()
