@@ -52,7 +52,7 @@ class Options:
 
     @property
     def copy_rounds(self) -> int:
-        return 1 if self.quick else 3
+        return 1 if self.quick else 5
 
     @property
     def bursts(self) -> Tuple[int, ...]:
