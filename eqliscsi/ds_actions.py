@@ -39,7 +39,10 @@ becomes a failure, so the cleanup runs then too.  When the ``volume create`` or 
 itself fails without a clear answer (no answer within EQL_COMMAND_TIMEOUT, connection
 lost after sending, SIGTERM), the group may still make the volume: the cleanup waits up
 to EQL_COMMAND_TIMEOUT more for it (``delete_if_made_late``) and deletes it if it has
-this action's description.  A re-run after a crash replaces a
+this action's description.  Likewise an ``access create`` with an unknown outcome (the
+front-end's record here, a host's in the TM actions): the cleanup waits for a record of
+that initiator that was not there before and deletes it (``revoke_if_granted_late``).
+A re-run after a crash replaces a
 volume of the same name whose description names the same image id and which has no
 iSCSI connections; any other existing volume is refused.
 
@@ -60,7 +63,7 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Iterator, Optional
+from typing import Callable, FrozenSet, Iterator, Optional
 
 from eqliscsi import cli_commands
 from eqliscsi.action_xml import DatastoreInfo, ImageInfo, ds_request, parse_action_data
@@ -207,22 +210,23 @@ def delete_on_failure(group: GroupClient, volume: str) -> Iterator[None]:
 @contextmanager
 def delete_if_made_late(group: GroupClient, volume: str, description: str) -> Iterator[None]:
     """Around the command that makes ``volume`` with ``description`` (create or clone): if
-    it fails, delete the volume should the group have made it anyway (``_late_volume_wait``
+    it fails, delete the volume should the group have made it anyway (``late_change_wait``
     says how long to wait for it); a volume with another description is left alone."""
     try:
         yield
     except BaseException as exc:
-        wait = _late_volume_wait(exc, group.settings.command_timeout)
+        wait = late_change_wait(exc, group.settings.command_timeout)
         if wait is not None:
             undo_logged(f"delete volume {volume} if the group made it after all",
                         lambda: _delete_late_volume(group, volume, description, wait))
         raise
 
 
-def _late_volume_wait(exc: BaseException, bound: float) -> Optional[float]:
-    """How long to wait for a volume whose making failed with ``exc``: 0 (look once) when
-    the group answered, ``bound`` (EQL_COMMAND_TIMEOUT) when the outcome is unknown (no
-    answer in time, connection lost after sending, SIGTERM), None when it never ran."""
+def late_change_wait(exc: BaseException, bound: float) -> Optional[float]:
+    """How long to wait for the change of a command that failed with ``exc``: 0 (look
+    once) when the group answered, ``bound`` (EQL_COMMAND_TIMEOUT) when the outcome is
+    unknown (no answer in time, connection lost after sending, SIGTERM), None when it
+    never ran."""
     if isinstance(exc, CliError):
         return 0.0
     if isinstance(exc, GroupTimeout):
@@ -248,6 +252,40 @@ def _delete_late_volume(group: GroupClient, volume: str, description: str,
         return
     log_warn(f"deleting volume {volume}, made by the group although the command failed")
     delete_with_snapshots(group, volume)
+
+
+@contextmanager
+def revoke_if_granted_late(group: GroupClient, volume: str,
+                           initiator: str) -> Iterator[FrozenSet[int]]:
+    """Around the command that adds ``initiator``'s access record to ``volume``; yields
+    the ids of the volume's records before it.  If the command fails with an unknown
+    outcome (``late_change_wait``; an error answer added nothing), wait up to
+    EQL_COMMAND_TIMEOUT for a record of ``initiator`` that was not there before and
+    delete it; records that were there are never touched."""
+    before = frozenset(record.id for record in group.list_access(volume))
+    try:
+        yield before
+    except BaseException as exc:
+        wait = late_change_wait(exc, group.settings.command_timeout)
+        if wait:
+            undo_logged(f"remove the access record of {initiator} from {volume} if the "
+                        "group added it after all",
+                        lambda: _revoke_late_records(group, volume, initiator, before, wait))
+        raise
+
+
+def _revoke_late_records(group: GroupClient, volume: str, initiator: str,
+                         before: FrozenSet[int], wait: float) -> None:
+    group.close()  # the failed command may have left its session mid-answer
+    late = group.await_access(volume, initiator, before, wait)
+    if not late:
+        log_warn(f"no access record of {initiator} appeared on {volume} within {wait:g} s "
+                 "after the failure; if the group still adds it, the next detach or "
+                 "delete removes it")
+    for record in late:
+        log_warn(f"removing access record {record.id} ({initiator}) from {volume}, added "
+                 "by the group although the command failed")
+        group.delete_access(volume, record.id)
 
 
 def delete_with_snapshots(group: GroupClient, volume: str) -> None:
@@ -315,8 +353,9 @@ def _frontend_access(group: GroupClient, config: DriverConfig, volume: str, iqn:
     initiator = frontend_iqn(config)
     portal = config.portal or Portal(group.group_ip())
     log_info(f"granting the front-end ({initiator}) access to {volume}")
-    record = group.create_access(volume, initiator=initiator, chap_user=config.chap_user,
-                                 authmethod="chap" if config.chap_user else None)
+    with revoke_if_granted_late(group, volume, initiator):
+        record = group.create_access(volume, initiator=initiator, chap_user=config.chap_user,
+                                     authmethod="chap" if config.chap_user else None)
     try:
         secret = (private_file(stage / "chap-secret", config.chap_password.encode())
                   if config.chap_password else None)

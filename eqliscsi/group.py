@@ -30,7 +30,17 @@ import random
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, Type, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    AbstractSet,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 from eqliscsi import cli_commands as cmd
 from eqliscsi.cli_output import (
@@ -79,7 +89,7 @@ T = TypeVar("T")
 HOST_KEY_POLICIES = ("strict", "accept-new")
 ANY_ADDRESS = "*.*.*.*"
 MAX_BACKOFF = 10.0
-POLL_DELAY = 0.5  # first pause of ``await_volume``
+POLL_DELAY = 0.5  # first pause of ``poll``
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,20 @@ class GroupSettings:
 def _done(lines: List[str]) -> bool:
     """Parser of commands whose only result is success."""
     return True
+
+
+def poll(find: Callable[[], Optional[T]], timeout: float) -> Optional[T]:
+    """``find()`` until it is not None, with back-off from ``POLL_DELAY``, for up to
+    ``timeout`` seconds (once when it is 0); its last result."""
+    deadline = time.monotonic() + timeout
+    delay = POLL_DELAY
+    while True:
+        found = find()
+        remaining = deadline - time.monotonic()
+        if found is not None or remaining <= 0:
+            return found
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, MAX_BACKOFF)
 
 
 def _once(condition: Callable[[], bool]) -> Callable[[], Optional[bool]]:
@@ -224,15 +248,7 @@ class GroupClient:
         For a volume whose ``create`` or ``clone`` timed out: the group may still make it.
         Looks once when ``timeout`` is 0.
         """
-        deadline = time.monotonic() + timeout
-        delay = POLL_DELAY
-        while True:
-            volume = self.find_volume(name)
-            remaining = deadline - time.monotonic()
-            if volume is not None or remaining <= 0:
-                return volume
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, MAX_BACKOFF)
+        return poll(lambda: self.find_volume(name), timeout)
 
     def list_volumes(self) -> List[VolumeSummary]:
         """All volumes of the group (``volume show``)."""
@@ -366,6 +382,21 @@ class GroupClient:
         except NotFound:
             return False
         return True
+
+    def await_access(self, volume: str, initiator: str, known: AbstractSet[int],
+                     timeout: float) -> List[AccessRecord]:
+        """The volume's records of ``initiator`` whose ids are not in ``known``, looking
+        again with back-off (from ``POLL_DELAY``) for up to ``timeout`` seconds until
+        there is one; empty if none appeared.
+
+        For an access record whose ``create`` timed out: the group may still add it.
+        """
+        def added() -> Optional[List[AccessRecord]]:
+            records = [r for r in self.list_access(volume)
+                       if r.initiator.lower() == initiator.lower() and r.id not in known]
+            return records or None
+
+        return poll(added, timeout) or []
 
     def _find_access(self, volume: str, criteria: _AccessCriteria) -> Optional[int]:
         matching = [r.id for r in self.list_access(volume) if criteria.matches(r)]

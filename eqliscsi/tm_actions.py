@@ -28,6 +28,7 @@ from eqliscsi.ds_actions import (
     delete_on_failure,
     delete_with_snapshots,
     image_description,
+    late_change_wait,
     new_volume,
     prepare_clone,
     replace_leftover,
@@ -37,7 +38,7 @@ from eqliscsi.ds_actions import (
     undo_logged,
     write_volume,
 )
-from eqliscsi.group import GroupClient, VolumeInfo
+from eqliscsi.group import GroupClient, VolumeInfo, poll
 from eqliscsi.host_files import copy_vm_dir, remove_vm_dir, write_file
 from eqliscsi.host_iscsi import HostError
 from eqliscsi.image_copy import (
@@ -521,24 +522,32 @@ def tm_snap_create(action: Action) -> None:
         log_info(f"creating snapshot {name} of volume {volume}")
         try:
             group.create_snapshot(volume, name, description=description)
-        except BaseException:
+        except BaseException as exc:
+            wait = late_change_wait(exc, group.settings.command_timeout) or 0.0
             undo_logged(f"delete what the attempt at snapshot {name} left", lambda: (
-                _drop_snapshot_attempts(group, volume, name, description)))
+                _drop_snapshot_attempts(group, volume, name, description, wait)))
             raise
 
 
 def _drop_snapshot_attempts(group: GroupClient, volume: str, name: str,
-                            description: str) -> None:
+                            description: str, wait: float = 0.0) -> None:
     """Delete what an attempt at snapshot ``name`` left: that snapshot, or the
     group-named one ``create-now`` made with ``description`` when its answer or the
-    rename was lost (only the description tells it from the group's scheduled ones)."""
-    for snapshot in group.list_snapshots(volume):
-        if snapshot.name != name and (_DRIVER_SNAPSHOT.fullmatch(snapshot.name) or field_value(
-                group.show_snapshot(volume, snapshot.name).fields, "Description") != description):
-            continue
-        log_warn(f"deleting snapshot {snapshot.name} of {volume}, left by an attempt at "
+    rename was lost (only the description tells it from the group's scheduled ones).
+    With ``wait`` (a command whose outcome is unknown), look again on a new session with
+    back-off for up to that many seconds until there is one: the group may make it late."""
+    def attempts() -> Optional[List[str]]:
+        return [s.name for s in group.list_snapshots(volume)
+                if s.name == name or (not _DRIVER_SNAPSHOT.fullmatch(s.name) and field_value(
+                    group.show_snapshot(volume, s.name).fields, "Description") == description)
+                ] or None
+
+    if wait:
+        group.close()  # the failed command may have left its session mid-answer
+    for snapshot in poll(attempts, wait) or []:
+        log_warn(f"deleting snapshot {snapshot} of {volume}, left by an attempt at "
                  f"snapshot {name}")
-        group.delete_snapshot(volume, snapshot.name)
+        group.delete_snapshot(volume, snapshot)
 
 
 def tm_snap_delete(action: Action) -> None:

@@ -43,7 +43,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from eqliscsi import cli_commands
 from eqliscsi.action_xml import DatastoreInfo, DiskInfo, VmInfo
 from eqliscsi.config import DriverConfig
-from eqliscsi.ds_actions import action_config, description_owner, undo_logged
+from eqliscsi.ds_actions import (
+    action_config,
+    description_owner,
+    revoke_if_granted_late,
+    undo_logged,
+)
 from eqliscsi.group import GroupClient, GroupSettings, VolumeInfo
 from eqliscsi.host_iscsi import EXIT_NODE, Chap, DiskLink, Host, HostError, VolumeTarget
 from eqliscsi.naming import (
@@ -397,10 +402,10 @@ def attach(session: TmSession, host_name: str, volumes: Sequence[Placed],
 
 def _grant(group: GroupClient, volume: Placed, initiator: str) -> Optional[int]:
     """Ensure the initiator's record; its id if this call created it, else None."""
-    before = {record.id for record in group.list_access(volume.volume)}
     chap_user = volume.config.chap_user
-    record = group.ensure_access(volume.volume, initiator=initiator, chap_user=chap_user,
-                                 authmethod="chap" if chap_user else None)
+    with revoke_if_granted_late(group, volume.volume, initiator) as before:
+        record = group.ensure_access(volume.volume, initiator=initiator, chap_user=chap_user,
+                                     authmethod="chap" if chap_user else None)
     if record in before:
         return None
     log_info(f"added access record {record} for {initiator} to {volume.volume}")

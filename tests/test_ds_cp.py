@@ -387,6 +387,29 @@ def test_failing_group_step_leaves_nothing_and_a_rerun_succeeds(ds, tmp_path, st
     assert_clean(ds, VOLUME)
 
 
+def test_front_end_record_the_group_adds_after_the_timeout_is_removed(ds, tmp_path):
+    """Finding F3: the group answers the front-end's ``access create`` after
+    EQL_COMMAND_TIMEOUT but adds the record anyway, and the volume cannot be deleted
+    either: the cleanup waits for the record and deletes it, so the volume left for the
+    re-run is not exposed to the front-end."""
+    write_random(tmp_path / "disk.raw", MIB)
+    ds.write_conf(EQL_COMMAND_TIMEOUT="2")
+    ds.sim.set_faults([
+        {"match": f"^volume select {VOLUME} access create initiator ", "action": "delay",
+         "seconds": 3},
+        {"match": f"^volume delete {VOLUME}$", "action": "error"}])
+    run = ds.run("cp", cp_xml(str(tmp_path / "disk.raw")))
+    assert run.reason.startswith(f"no answer to `volume select {VOLUME} access create ")
+    ds.sim.wait_sessions(0, timeout=20)  # the delayed command has completed
+    assert ds.volume_names() == [VOLUME]
+    assert ds.volume(VOLUME).access == []
+    assert "added by the group although the command failed" in run.stderr
+    ds.sim.clear_faults()
+    ds.write_conf()
+    assert ds.run("cp", cp_xml(str(tmp_path / "disk.raw"))).ok() == f"{VOLUME} raw\n"
+    assert_clean(ds, VOLUME)
+
+
 def test_dropped_connection_is_survived(ds, tmp_path):
     write_random(tmp_path / "disk.raw", MIB)
     ds.sim.set_faults([{"match": "multihost-access", "action": "drop"}])

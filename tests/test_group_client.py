@@ -585,6 +585,32 @@ def test_await_volume_gives_up_after_its_bound(sim, group):
     assert len(logged(sim, "volume select vol1 show")) == len(shows) + 1
 
 
+def test_access_create_that_timed_out_is_awaited(sim, make_settings):
+    """A slow group still adds the access record after the client stopped waiting (finding
+    F3): ``await_access`` finds it, and only records of that initiator not known before."""
+    with GroupClient(make_settings(sim, command_timeout=0.5)) as group:
+        group.create_volume("vol1", 10)
+        known = group.create_access("vol1", initiator="iqn.2024-01.org.example:host1")
+        group.create_access("vol1", initiator="iqn.2024-01.org.example:host2")
+        sim.set_faults([{"match": "^volume select vol1 access create ", "action": "delay",
+                         "seconds": 2}])
+        with pytest.raises(GroupTimeout, match="may still complete"):
+            group.create_access("vol1", initiator="iqn.2024-01.org.example:host1")
+        group.close()
+        late = group.await_access("vol1", "IQN.2024-01.org.example:HOST1", {known}, 30)
+        assert [r.initiator for r in late] == ["iqn.2024-01.org.example:host1"]
+        assert late[0].id != known
+
+
+def test_await_access_gives_up_after_its_bound(sim, group):
+    group.create_volume("vol1", 10)
+    known = group.create_access("vol1", initiator="iqn.2024-01.org.example:host1")
+    started = time.monotonic()
+    assert group.await_access("vol1", "iqn.2024-01.org.example:host1", {known}, 1.5) == []
+    assert time.monotonic() - started >= 1.5
+    assert 2 <= len(logged(sim, "volume select vol1 access show")) <= 4
+
+
 def test_hung_command_times_out(sim, make_settings):
     with GroupClient(make_settings(sim, command_timeout=0.3)) as group:
         group.connect()

@@ -251,3 +251,54 @@ def test_failures_leave_nothing_behind(tm):
     tm.write_conf()
     tm.run("delete", disk("host1", 0), "17", DS).ok()
     tm.run("delete", f"host1:{vm_path(17)}", "17", SYS).ok()
+
+
+def test_an_access_record_the_group_adds_after_the_timeout_is_removed(tm):
+    """Finding F3: the group answers ``access create`` for host1 after EQL_COMMAND_TIMEOUT
+    but adds the record anyway; the failed ``ln`` waits for it and deletes it, and leaves
+    host1's record that was there before (another address) alone."""
+    data = tm.make_image(43, "data", 16, 0xCD, persistent=True)
+    tm.put_vm(17, vm(17, [image_disk(1, data, 43, 16, persistent=True)], ["host1"]))
+    with tm.group() as group:
+        kept = group.create_access(data, initiator=tm.iqn("host1"), ipaddress="10.1.2.3")
+    tm.write_conf(EQL_COMMAND_TIMEOUT="2")
+    tm.sim.set_faults([{"match": f"^volume select {data} access create initiator ",
+                        "action": "delay", "seconds": 3}])
+    run = tm.run("ln", f"one:{data}", disk("host1", 1), "17", DS)
+    assert run.reason.startswith(f"no answer to `volume select {data} access create ")
+    tm.sim.wait_sessions(0, timeout=20)  # the delayed command has completed
+    assert [(r.id, r.initiator) for r in tm.volume(data).access] == [(kept, tm.iqn("host1"))]
+    assert "added by the group although the command failed" in run.stderr
+    assert tm.logged_in("host1") == []
+
+    tm.sim.clear_faults()
+    tm.write_conf()
+    tm.run("ln", f"one:{data}", disk("host1", 1), "17", DS).ok()
+    assert tm.logged_in("host1") == [data]
+    tm.run("delete", disk("host1", 1), "17", DS).ok()
+
+
+def test_a_snapshot_the_group_makes_after_the_timeout_is_deleted(tm):
+    """The group answers ``snapshot create-now`` after EQL_COMMAND_TIMEOUT but makes the
+    (group-named) snapshot anyway: the failed ``snap_create`` waits for it and deletes it;
+    the volume's other snapshot stays."""
+    image = tm.make_image(42, "ubuntu", 16, 0xAB)
+    tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host1"]))
+    tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS).ok()
+    clone = "ubuntu.42-v17-d0"
+    tm.run("snap_create", disk("host1", 0), "0", "17", DS).ok()
+    tm.write_conf(EQL_COMMAND_TIMEOUT="2")
+    tm.sim.set_faults([{"match": f"^volume select {clone} snapshot create-now ",
+                        "action": "delay", "seconds": 3}])
+    run = tm.run("snap_create", disk("host1", 0), "1", "17", DS)
+    assert run.reason.startswith(f"no answer to `volume select {clone} snapshot create-now ")
+    tm.sim.wait_sessions(0, timeout=20)  # the delayed command has completed
+    assert [s.name for s in tm.volume(clone).snapshots] == [f"{clone}-snap0"]
+    assert f"left by an attempt at snapshot {clone}-snap1" in run.stderr
+
+    tm.sim.clear_faults()
+    tm.write_conf()
+    tm.run("snap_create", disk("host1", 0), "1", "17", DS).ok()
+    assert sorted(s.name for s in tm.volume(clone).snapshots) == [
+        f"{clone}-snap0", f"{clone}-snap1"]
+    tm.run("delete", disk("host1", 0), "17", DS).ok()

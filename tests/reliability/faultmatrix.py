@@ -5,9 +5,11 @@ fault the simulator can inject at that command.
 it runs the action once cleanly, records the commands it sent (from the simulator's
 command log) and then, for each command position and each ``FAULTS`` entry, resets the
 group to the set-up, injects the fault at exactly that command (``match`` = the whole
-command line, ``nth`` = its position in the connection), runs the action, checks the
-outcome (``case``), clears the faults, runs the action again and checks that it succeeds
-and leaves exactly the clean run's state.  ``FaultMatrix`` is its DS form: a
+command line, ``nth`` = its position in the connection), runs the action, waits for the
+simulator's sessions to end (a delayed command completes first, as on a busy group, so a
+change the group makes late is seen), checks the outcome (``case``), runs the action
+again without the fault and checks that it succeeds and leaves exactly the clean run's
+state.  ``FaultMatrix`` is its DS form: a
 ``Scenario`` describes one DS action (its set-up and its action XML).
 
 A bystander volume (``keep.9``, with a host's access record and a snapshot) is on the
@@ -17,6 +19,7 @@ group in every case: no fault may touch it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -53,6 +56,18 @@ FAULTS: Dict[str, Dict[str, object]] = {
     "error": {"when": "before", "action": "error"},
     "slow": {"when": "before", "action": "delay", "seconds": SLOW},
 }
+
+
+def selected(cases: List[Tuple[int, str]], commands: List[str]) -> List[Tuple[int, str]]:
+    """The (position, fault) cases that ``EQLISCSI_MATRIX_FAULTS`` (comma-separated fault
+    names) and ``EQLISCSI_MATRIX_COMMANDS`` (a regular expression searched in the
+    command) let through; all of them when these are unset."""
+    faults = os.environ.get("EQLISCSI_MATRIX_FAULTS")
+    wanted = set(faults.split(",")) if faults else set(FAULTS)
+    pattern = re.compile(os.environ.get("EQLISCSI_MATRIX_COMMANDS", ""))
+    return [(position, fault) for position, fault in cases
+            if fault in wanted and pattern.search(commands[position])]
+
 
 _V = TypeVar("_V")
 GroupView = Dict[str, Tuple[str, Tuple[str, ...], Tuple[str, ...], str]]
@@ -269,13 +284,13 @@ class CommandFaultMatrix:
         else:
             outcome = "failed"
             problems += self._failure_contract(run)
-        problems += self._state_problems(run.returncode == 0)
-        problems += self.extra_problems(run.returncode == 0)
         sim.clear_faults()
-        try:
-            sim.wait_sessions(0, timeout=10)
+        try:  # a delayed command completes before its session ends: its change is seen
+            sim.wait_sessions(0, timeout=SLOW + 10)
         except TimeoutError:
             problems.append("a CLI session stayed open after the action ended")
+        problems += self._state_problems(run.returncode == 0)
+        problems += self.extra_problems(run.returncode == 0)
         if elapsed > 60:
             problems.append(f"took {elapsed:.0f} s")
         again, _ = self.run()

@@ -4,7 +4,8 @@ commands of a clean run, one case per (action, command position, fault).
 The default run covers every action with every fault once, the four faults at
 positions spread over the action (the last command included); ``EQLISCSI_FULL=1`` runs
 every position (``reliability`` marker).  ``EQLISCSI_MATRIX_REPORT=<file>`` appends the
-result table to that file.
+result table to that file; ``EQLISCSI_MATRIX_FAULTS`` and ``EQLISCSI_MATRIX_COMMANDS``
+narrow the cases (``faultmatrix.selected``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from typing import List, Optional
 import pytest
 
 from tests.ds_harness import DsHarness, ds, iscsi
-from tests.reliability.faultmatrix import FAULTS, SCENARIOS, CaseResult, FaultMatrix, table
+from tests.reliability.faultmatrix import (
+    FAULTS,
+    SCENARIOS,
+    CaseResult,
+    FaultMatrix,
+    selected,
+    table,
+)
 
 __all__ = ["ds"]
 pytestmark = iscsi
@@ -36,7 +44,8 @@ def run_matrix(ds: DsHarness, action: str, tmp_path: Path, full: bool) -> None:
     else:  # each fault once, at positions spread over the action (last one included)
         cases = [(min(count - 1, (number + 1) * count // len(FAULTS)), fault)
                  for number, fault in enumerate(FAULTS)]
-    results: List[CaseResult] = [matrix.case(position, fault) for position, fault in cases]
+    results: List[CaseResult] = [matrix.case(position, fault) for position, fault
+                                 in selected(cases, [command for _, command in matrix.commands])]
     report = _report_path()
     if report is not None:
         with open(report, "a") as stream:

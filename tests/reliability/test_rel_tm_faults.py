@@ -5,7 +5,9 @@ The default run covers every scenario with one fault, the four faults taking tur
 the scenarios at positions spread over the action's own commands, plus the cases of the
 findings fixed (``PINNED``); ``EQLISCSI_FULL=1`` runs every position with every fault
 (``reliability`` marker).
-``EQLISCSI_MATRIX_REPORT=<file>`` appends the result table to that file.
+``EQLISCSI_MATRIX_REPORT=<file>`` appends the result table to that file;
+``EQLISCSI_MATRIX_FAULTS`` and ``EQLISCSI_MATRIX_COMMANDS`` narrow the cases
+(``faultmatrix.selected``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import List, Tuple
 
 import pytest
 
-from tests.reliability.faultmatrix import FAULTS, CaseResult, write_report
+from tests.reliability.faultmatrix import FAULTS, CaseResult, selected, write_report
 from tests.reliability.tm_faultmatrix import DATA, DS, SCENARIOS, TmFaultMatrix, disk
 from tests.tm_harness import TmHarness, host_client_key, hosts_factory, iscsi, tm_clean, tm_factory
 
@@ -48,7 +50,7 @@ def run_matrix(tm: TmHarness, name: str, work: Path, full: bool) -> List[CaseRes
     commands = [command for _, command in matrix.commands]
     cases = ([(position, fault) for position in range(len(commands)) for fault in FAULTS]
              if full else sample(name, commands))
-    results = [matrix.case(position, fault) for position, fault in cases]
+    results = [matrix.case(position, fault) for position, fault in selected(cases, commands)]
     matrix.clear()
     tm.allow(*tm.volume_names())
     report = os.environ.get("EQLISCSI_MATRIX_REPORT")
