@@ -565,9 +565,11 @@ def tm_snap_delete(action: Action) -> None:
 
 
 def tm_snap_revert(action: Action) -> None:
-    """``snap_revert`` (VM powered off): log the host out, restore the volume from the
-    snapshot (offline, restore, drop the group's automatic snapshot, online), log in
-    again; the host is logged in again when the restore fails too."""
+    """``snap_revert`` (VM powered off): log the host out (its link and access record
+    removed), restore the volume from the snapshot (offline, restore, drop the group's
+    automatic snapshot, online), log in and link again; the host is logged in again when
+    the restore fails too.  When only that last login fails, the host is left without
+    session, link and record (a re-run logs it in)."""
     place, disk_id, snap_id, vm_id, ds_id = _snapshot_disk(action)
     with sigterm_fails(), tm_session(action) as tm:
         disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
@@ -577,7 +579,7 @@ def tm_snap_revert(action: Action) -> None:
         logged_in = tm.uses_iscsi(place.host, config)
         if logged_in:
             log_info(f"logging out of {info.name} on {place.host} for the revert")
-            host(place.host, config).detach([tm.target(config, info)])
+            detach(tm, place.host, [placed(tm, config, info, place.path)], remove_links=True)
         try:
             revert_to_snapshot(group, info.name, snap_id)
         except BaseException:
@@ -586,4 +588,9 @@ def tm_snap_revert(action: Action) -> None:
                          lambda: _link(tm, config, info, place))
             raise
         if logged_in:
-            _link(tm, config, info, place)
+            try:
+                _link(tm, config, info, place)
+            except BaseException:
+                log_warn(f"{info.name} is reverted to snapshot {snap_id}, but {place.host} "
+                         "could not log in to it again: run the revert again once it can")
+                raise
