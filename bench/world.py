@@ -77,9 +77,13 @@ class World:
 
 @contextmanager
 def world(*, hosts: int = 2, iscsi: bool = True, max_sessions: int = 7,
-          keep: bool = False) -> Iterator[World]:
-    """A fresh world in a private temporary directory (removed afterwards)."""
-    base = Path(tempfile.mkdtemp(prefix="eqlbench-"))
+          keep: bool = False, in_memory: bool = False) -> Iterator[World]:
+    """A fresh world in a private temporary directory (removed afterwards); with
+    ``in_memory`` on tmpfs (``/dev/shm``), so that the simulated array's volumes and the
+    front-end's files do not share one disk and its write-back."""
+    memory = Path("/dev/shm")  # noqa: S108 (mkdtemp makes a private 0700 directory in it)
+    base = Path(tempfile.mkdtemp(prefix="eqlbench-",
+                                 dir=str(memory) if in_memory and memory.is_dir() else None))
     sim = start_sim(base / "group", iscsi=iscsi, max_sessions=max_sessions)
     host_world: Optional[HostWorld] = None
     try:
