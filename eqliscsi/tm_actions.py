@@ -55,6 +55,7 @@ from eqliscsi.tm_common import (
     Kind,
     Placed,
     TmSession,
+    VmDisk,
     arguments,
     attach,
     check_deletable,
@@ -342,9 +343,7 @@ def tm_mvds(action: Action) -> None:
     target = source_volume(source_arg)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with sigterm_fails(), tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        config = tm.config(disk.datastore_id)
-        group = tm.group(config)
+        disk, config, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         info = require_volume(group, disk)
         if tm.uses_iscsi(place.host, config):
             detach(tm, place.host, [placed(tm, config, info, place.path)], remove_links=True)
@@ -372,9 +371,7 @@ def tm_cpds(action: Action) -> None:
     image_id = _image_id(target)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with sigterm_fails(), tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        config = tm.config(disk.datastore_id)
-        group = tm.group(config)
+        disk, config, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         info = require_volume(group, disk)
         snapshot = snapshot_name(info.name, snap_id) if snap_id >= 0 else None
         if snapshot is not None and group.find_snapshot(info.name, snapshot) is None:
@@ -382,6 +379,15 @@ def tm_cpds(action: Action) -> None:
                               f"(no snapshot {snapshot} of volume {info.name})")
         image = tm.one.image(image_id)
         _save_as(tm, group, config, info.name, snapshot, target, image, ds_id)
+
+
+def _disk_and_group(tm: TmSession, vm_id: int, disk_id: int,
+                    ds_id: int) -> Tuple[VmDisk, DriverConfig, GroupClient]:
+    """VM ``vm_id``'s disk ``disk_id`` as oned has it, its datastore's settings and its
+    group."""
+    disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
+    config = tm.config(disk.datastore_id)
+    return disk, config, tm.group(config)
 
 
 def _image_id(volume: str) -> int:
@@ -427,9 +433,7 @@ def tm_delete(action: Action) -> None:
         return
     place, disk_id = disk_argument(path_arg, vm_arg)
     with tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        config = tm.config(disk.datastore_id)
-        group = tm.group(config)
+        disk, config, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         info = find_volume(group, disk)
         if tm.uses_iscsi(place.host, config):
             if info is not None:
@@ -485,9 +489,7 @@ def tm_resize(action: Action) -> None:
     size_mb = object_id(size_arg, "size in MB", minimum=1)
     vm_id, ds_id = object_id(vm_arg, "VM id"), object_id(ds_arg, "datastore id")
     with tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        config = tm.config(disk.datastore_id)
-        group = tm.group(config)
+        disk, config, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         info = require_volume(group, disk)
         log_info(f"extending volume {info.name} to {size_mb} MB (no-snap)")
         group.extend_volume(info.name, size_mb)
@@ -513,8 +515,7 @@ def tm_snap_create(action: Action) -> None:
     of the disk's volume (crash-consistent while the VM runs; no guest freeze)."""
     _, disk_id, snap_id, vm_id, ds_id = _snapshot_disk(action)
     with tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        group = tm.group(tm.config(disk.datastore_id))
+        disk, _, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         volume = require_volume(group, disk).name
         name = snapshot_name(volume, snap_id)
         description = vm_disk_description(vm_id, disk_id, f"snapshot {snap_id}")
@@ -554,8 +555,7 @@ def tm_snap_delete(action: Action) -> None:
     """``snap_delete``: delete the group snapshot of disk snapshot ``snap_id``."""
     _, disk_id, snap_id, vm_id, ds_id = _snapshot_disk(action)
     with tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        group = tm.group(tm.config(disk.datastore_id))
+        disk, _, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         volume = require_volume(group, disk).name
         name = snapshot_name(volume, snap_id)
         if group.delete_snapshot(volume, name):
@@ -572,9 +572,7 @@ def tm_snap_revert(action: Action) -> None:
     session, link and record (a re-run logs it in)."""
     place, disk_id, snap_id, vm_id, ds_id = _snapshot_disk(action)
     with sigterm_fails(), tm_session(action) as tm:
-        disk = vm_disk(tm.one.vm(vm_id), vm_id, disk_id, ds_id)
-        config = tm.config(disk.datastore_id)
-        group = tm.group(config)
+        disk, config, group = _disk_and_group(tm, vm_id, disk_id, ds_id)
         info = require_volume(group, disk)
         logged_in = tm.uses_iscsi(place.host, config)
         if logged_in:
