@@ -10,14 +10,18 @@ oned's three invocation forms.  ``ds`` is the fixture: a fresh group with tgtd t
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Type
 
 import pytest
 
@@ -38,6 +42,21 @@ MIB = 1024 * 1024
 ACTION_TIMEOUT = 120.0
 
 iscsi = pytest.mark.iscsi
+
+
+@contextmanager
+def serve_http(handler: Type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with ``handler``; yields its base URL
+    (``http://127.0.0.1:PORT``) and stops it afterwards."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 @dataclass(frozen=True)
@@ -121,6 +140,29 @@ class DsHarness:
                               env={**self.env(), **(env or {})}, timeout=ACTION_TIMEOUT,
                               check=False, cwd=self.base)
         return DsRun(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+    def run_terminated(self, action: str, xml: str, started: Callable[[], bool], what: str,
+                       env: Optional[Dict[str, str]] = None) -> DsRun:
+        """Run ``action`` (stdin form) and send it oned's SIGTERM once ``started()`` holds
+        (``what`` did not happen: the test fails after 20 s)."""
+        script = self.remotes / "datastore" / "eqliscsi" / action
+        data = self.base / f"{action}.stdin"
+        data.write_text(b64(xml))
+        with open(data, "rb") as stdin:
+            process = subprocess.Popen([str(script), "42"], stdin=stdin,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       env={**self.env(), **(env or {})}, cwd=self.base)
+        try:
+            deadline = time.monotonic() + 20
+            while not started():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = process.communicate(timeout=ACTION_TIMEOUT)
+        finally:
+            process.kill()
+            process.wait()
+        return DsRun(process.returncode, stdout.decode(), stderr.decode())
 
     # --- the group -------------------------------------------------------------------------
 

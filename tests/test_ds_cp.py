@@ -10,7 +10,6 @@ import http.server
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -36,10 +35,10 @@ from tests.ds_harness import (
     ds,
     ds_xml,
     iscsi,
+    serve_http,
     write_random,
 )
 from tests.iscsi_tools import read_bytes
-from tests.oned_xml import b64
 
 __all__ = ["ds"]
 pytestmark = iscsi
@@ -253,16 +252,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def web() -> Iterator[Tuple[str, Dict[str, bytes]]]:
     """An HTTP server on 127.0.0.1 serving ``files`` (path -> body)."""
     files: Dict[str, bytes] = {}
-    handler = type("Handler", (_Handler,), {"files": files})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", files
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_http(type("Handler", (_Handler,), {"files": files})) as url:
+        yield url, files
 
 
 def test_url(ds, tmp_path, web):
@@ -470,26 +461,13 @@ def test_wrong_lun_fails_the_write(ds, tmp_path):
 
 def test_sigterm_cleans_up(ds, tmp_path):
     write_random(tmp_path / "disk.raw", MIB)
-    script = ds.remotes / "datastore" / "eqliscsi" / "cp"
     log = ds.base / "qemu-img.log"
-    (tmp_path / "stdin").write_text(b64(cp_xml(str(tmp_path / "disk.raw"))))
-    with open(tmp_path / "stdin", "rb") as stdin:
-        process = subprocess.Popen([str(script), "42"], stdin=stdin, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE,
-                                   env={**ds.env(), **ds.fake_qemu_img("hang")})
-    stdout, stderr = b"", b""
-    try:
-        deadline = time.monotonic() + 20
-        while not log.exists() or "--target-image-opts" not in log.read_text():
-            assert time.monotonic() < deadline, "the write never started"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=30)
-    finally:
-        process.kill()
-        process.wait()
-    assert (process.returncode, stdout) == (1, b"")
-    assert stderr.decode().splitlines()[-1] == "terminated by SIGTERM"
+    run = ds.run_terminated(
+        "cp", cp_xml(str(tmp_path / "disk.raw")),
+        lambda: log.exists() and "--target-image-opts" in log.read_text(),
+        "the write never started", env=ds.fake_qemu_img("hang"))
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.splitlines()[-1] == "terminated by SIGTERM"
     assert_clean(ds)
 
 

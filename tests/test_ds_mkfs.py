@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 
 import pytest
 
 from eqliscsi.ds_actions import image_description
 from tests.ds_harness import MIB, DsHarness, ds, ds_xml, iscsi
 from tests.iscsi_tools import read_bytes
-from tests.oned_xml import b64
 
 __all__ = ["ds"]
 pytestmark = iscsi
@@ -173,24 +170,11 @@ def test_sigterm_during_volume_create_deletes_the_late_volume(ds, tmp_path):
     """oned's SIGTERM while the group is still making the volume: the cleanup waits for
     it (EQL_COMMAND_TIMEOUT) and deletes it."""
     ds.sim.set_faults([{"match": "^volume create ", "action": "delay", "seconds": 3}])
-    script = ds.remotes / "datastore" / "eqliscsi" / "mkfs"
-    (tmp_path / "stdin").write_text(b64(mkfs_xml()))
     faults = ds.sim.state_dir / "faults.json"
-    with open(tmp_path / "stdin", "rb") as stdin:
-        process = subprocess.Popen([str(script), "42"], stdin=stdin, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=ds.env())
-    stdout, stderr = b"", b""
-    try:
-        deadline = time.monotonic() + 20
-        while json.loads(faults.read_text())[0].get("times") != 0:  # the create was sent
-            assert time.monotonic() < deadline, "volume create was never sent"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-        process.wait()
-    assert (process.returncode, stdout) == (1, b"")
-    assert stderr.decode().splitlines()[-1] == "terminated by SIGTERM"
-    assert f"deleting volume {VOLUME}, made by the group although" in stderr.decode()
+    run = ds.run_terminated(
+        "mkfs", mkfs_xml(), lambda: json.loads(faults.read_text())[0].get("times") == 0,
+        "volume create was never sent")
+    assert (run.returncode, run.stdout) == (1, "")
+    assert run.stderr.splitlines()[-1] == "terminated by SIGTERM"
+    assert f"deleting volume {VOLUME}, made by the group although" in run.stderr
     assert_clean(ds)

@@ -16,6 +16,7 @@ from typing import Callable, ClassVar, Dict
 
 import pytest
 
+from tests.ds_harness import serve_http
 from tests.oned_xml import action_xml, b64, image_xml, stat_action_xml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -333,13 +334,9 @@ def server(images):
         "/to-ftp": lambda h: h.redirect("ftp://127.0.0.1/raw.img"),
         "/secret.img": secret,
     }
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    Handler.stop.set()
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_http(Handler) as url:
+        yield url
+        Handler.stop.set()
 
 
 HEADER_CHUNK = 4096

@@ -12,6 +12,7 @@ from tests.tm_harness import (
     IMAGE_DS,
     MIB,
     SYSTEM_DS,
+    disk_arg,
     host_client_key,
     hosts_factory,
     image_disk,
@@ -32,31 +33,27 @@ SYS = str(SYSTEM_DS)
 IMAGE = "ubuntu.42"
 
 
-def disk(host: str, disk_id: int, vm_id: int = 17) -> str:
-    return f"{host}:{vm_path(vm_id, disk_id)}"
-
-
 def test_invalid_arguments_fail_before_any_work(tm_factory):
     tm = tm_factory(hosts=0)
     tm.put_vm(17, vm(17, [image_disk(0, IMAGE, 42, 16)], ["host1"]))
     cases = {
         ("clone", f"one:{IMAGE}", "host1:/var/lib/one:x/0/17/disk.0", "17", DS):
             "more than one ':'",
-        ("clone", f"one:{IMAGE}", disk("host1", 0), "17"): "expected the arguments",
+        ("clone", f"one:{IMAGE}", disk_arg("host1", 0), "17"): "expected the arguments",
         ("clone", f"one:{IMAGE}", "host1:/var/lib/one/datastores/0/17", "17", DS):
             "expected host:path/disk.N",
-        ("ln", "one:bad name", disk("host1", 0), "17", DS): "invalid",
-        ("mv", disk("host1", 0), disk("host2", 1), "17", DS): "must be the same disk",
+        ("ln", "one:bad name", disk_arg("host1", 0), "17", DS): "invalid",
+        ("mv", disk_arg("host1", 0), disk_arg("host2", 1), "17", DS): "must be the same disk",
         ("mv", "host1:/var/lib/one/datastores/0/18", "host2:/var/lib/one/datastores/0/18",
          "17", SYS): "invalid VM directory",
         ("delete", "host1:/", "17", SYS): "invalid VM directory",
-        ("delete", disk("host1", 0), "x17", DS): "invalid VM id",
-        ("mkimage", "8", "qcow2", disk("host1", 2), "17", SYS): "FORMAT 'qcow2'",
-        ("mkswap", "0", disk("host1", 2), "17", SYS): "must be at least 1",
-        ("resize", disk("host1", 0), "40MB", "17", DS): "invalid size in MB",
-        ("snap_create", disk("host1", 0), "-1", "17", DS): "invalid snapshot id",
-        ("cpds", disk("host1", 0), "copy.44", "-2", "17", DS): "invalid snapshot id",
-        ("context", f"{tm.base}/context.sh", "http://x/y", disk("host1", 3), "17", SYS):
+        ("delete", disk_arg("host1", 0), "x17", DS): "invalid VM id",
+        ("mkimage", "8", "qcow2", disk_arg("host1", 2), "17", SYS): "FORMAT 'qcow2'",
+        ("mkswap", "0", disk_arg("host1", 2), "17", SYS): "must be at least 1",
+        ("resize", disk_arg("host1", 0), "40MB", "17", DS): "invalid size in MB",
+        ("snap_create", disk_arg("host1", 0), "-1", "17", DS): "invalid snapshot id",
+        ("cpds", disk_arg("host1", 0), "copy.44", "-2", "17", DS): "invalid snapshot id",
+        ("context", f"{tm.base}/context.sh", "http://x/y", disk_arg("host1", 3), "17", SYS):
             "URLs are not supported",
         ("premigrate", "host1", "host2", "relative/17", "17", SYS): "invalid VM directory",
     }
@@ -75,7 +72,7 @@ def test_the_same_image_twice_in_one_vm_static_access(tm):
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16), image_disk(1, image, 42, 32)],
                      ["host1"]))
     for disk_id in (0, 1):
-        run = tm.run("clone", f"one:{image}", disk("host1", disk_id), "17", DS)
+        run = tm.run("clone", f"one:{image}", disk_arg("host1", disk_id), "17", DS)
         run.ok()
         assert "adding the static access record" in run.stderr
         assert "added access record" not in run.stderr
@@ -86,10 +83,10 @@ def test_the_same_image_twice_in_one_vm_static_access(tm):
     tm.write_disk("host1", vm_path(17, 1), 1, 0x5A)
     assert tm.read(clones[0], MIB, 16) == bytes(16)
     assert tm.read(clones[1], MIB, 16) == b"\x5a" * 16
-    tm.run("delete", disk("host1", 0), "17", DS).ok()
+    tm.run("delete", disk_arg("host1", 0), "17", DS).ok()
     assert tm.logged_in("host1") == clones[1:]
     assert tm.volume_names() == [image, clones[1]]
-    tm.run("delete", disk("host1", 1), "17", DS).ok()
+    tm.run("delete", disk_arg("host1", 1), "17", DS).ok()
     assert tm.volume_names() == [image]
 
 
@@ -97,7 +94,7 @@ def test_failed_login_deletes_the_clone_and_its_access_then_a_rerun_works(tm):
     image = tm.make_image(42, "ubuntu", 16, 0xAB)
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host1"]))
     tm.write_conf(EQL_PORTAL="127.0.0.1:3261")  # nothing listens there: the login fails
-    run = tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS)
+    run = tm.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS)
     assert run.reason.startswith("host host1: attach: ")
     assert "deleting volume ubuntu.42-v17-d0 after the failure" in run.stderr
     assert "added access record 1 for iqn.2024-01.org.example:host1" in run.stderr
@@ -106,13 +103,13 @@ def test_failed_login_deletes_the_clone_and_its_access_then_a_rerun_works(tm):
     assert tm.logged_in("host1") == [] and tm.link("host1", vm_path(17, 0)) is None
 
     tm.write_conf()
-    tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS).ok()
+    tm.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS).ok()
     assert tm.logged_in("host1") == ["ubuntu.42-v17-d0"]
-    run = tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS)  # oned retries
+    run = tm.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS)  # oned retries
     run.ok()
     assert "using volume ubuntu.42-v17-d0, made for this disk by an earlier attempt" in run.stderr
     assert tm.access("ubuntu.42-v17-d0") == [tm.iqn("host1")]
-    tm.run("delete", disk("host1", 0), "17", DS).ok()
+    tm.run("delete", disk_arg("host1", 0), "17", DS).ok()
 
 
 def test_a_foreign_volume_with_the_clone_name_is_refused(tm_factory):
@@ -122,9 +119,9 @@ def test_a_foreign_volume_with_the_clone_name_is_refused(tm_factory):
         group.create_volume("ubuntu.42-v17-d0", 16, description="someone else's")
     tm.allow("ubuntu.42-v17-d0")
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host1"]))
-    run = tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS)
+    run = tm.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS)
     assert "volume ubuntu.42-v17-d0 already exists and is not disk 0 of VM 17" in run.reason
-    run = tm.run("delete", disk(socket.gethostname(), 0), "17", DS)
+    run = tm.run("delete", disk_arg(socket.gethostname(), 0), "17", DS)
     assert "refusing to delete it (EQL_FORCE_DELETE=YES overrides)" in run.reason
     assert tm.volume_names() == [image, "ubuntu.42-v17-d0"]
 
@@ -135,13 +132,13 @@ def test_a_vm_of_the_2014_driver_keeps_working(tm):
     with tm.group() as group:
         group.clone_volume(image, "ubuntu.42-17", description="Clone 17 of ubuntu.42")
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host1"], lcm_state=9))
-    tm.run("mv", disk(socket.gethostname(), 0), disk("host1", 0), "17", DS).ok()  # resume
+    tm.run("mv", disk_arg(socket.gethostname(), 0), disk_arg("host1", 0), "17", DS).ok()  # resume
     assert tm.logged_in("host1") == ["ubuntu.42-17"]
     tm.write_disk("host1", vm_path(17, 0), 3, 0x77)
     assert tm.read("ubuntu.42-17", 3 * MIB, 16) == b"\x77" * 16
-    tm.run("snap_create", disk("host1", 0), "0", "17", DS).ok()
+    tm.run("snap_create", disk_arg("host1", 0), "0", "17", DS).ok()
     assert [s.name for s in tm.volume("ubuntu.42-17").snapshots] == ["ubuntu.42-17-snap0"]
-    run = tm.run("delete", disk("host1", 0), "17", DS)
+    run = tm.run("delete", disk_arg("host1", 0), "17", DS)
     run.ok()
     assert "deleting volume ubuntu.42-17 (the VM's clone) and its snapshots" in run.stderr
     assert tm.volume_names() == [image]
@@ -150,16 +147,16 @@ def test_a_vm_of_the_2014_driver_keeps_working(tm):
 def test_volatile_disks_formatted_on_the_front_end(tm):
     tm.put_vm(17, vm(17, [volatile_disk(0, 8, "vfat"), volatile_disk(1, 24, kind="swap"),
                           volatile_disk(2, 8)], ["host1"]))
-    tm.run("mkimage", "40", "raw", disk("host1", 0), "17", SYS).ok()
-    tm.run("mkswap", "24", disk("host1", 1), "17", SYS).ok()
-    tm.run("mkimage", "8", "raw", disk("host1", 2), "17", SYS).ok()
+    tm.run("mkimage", "40", "raw", disk_arg("host1", 0), "17", SYS).ok()
+    tm.run("mkswap", "24", disk_arg("host1", 1), "17", SYS).ok()
+    tm.run("mkimage", "8", "raw", disk_arg("host1", 2), "17", SYS).ok()
     assert tm.logged_in("host1") == ["vm17-disk0", "vm17-disk1", "vm17-disk2"]
     assert tm.read("vm17-disk0", 3, 8) == b"mkfs.fat"
     assert tm.read("vm17-disk1", 4086, 10) == b"SWAPSPACE2"
     assert tm.read("vm17-disk2", 0, MIB) == bytes(MIB)
     assert tm.volume("vm17-disk1").description == "OpenNebula VM 17 disk 1 (volatile swap)"
     assert [tm.volume(f"vm17-disk{n}").size_mb for n in range(3)] == [40, 24, 8]
-    run = tm.run("mkswap", "24", disk("host1", 1), "17", SYS)  # a retried prolog
+    run = tm.run("mkswap", "24", disk_arg("host1", 1), "17", SYS)  # a retried prolog
     run.ok()
     assert "using volume vm17-disk1, made for this disk by an earlier attempt" in run.stderr
     # the VM directory delete logs out what per-disk deletes did not (a failed epilog)
@@ -167,7 +164,7 @@ def test_volatile_disks_formatted_on_the_front_end(tm):
     assert tm.logged_in("host1") == []
     assert not tm.host("host1").path(vm_path(17)).exists()
     for disk_id in range(3):
-        tm.run("delete", disk("host1", disk_id), "17", SYS).ok()
+        tm.run("delete", disk_arg("host1", disk_id), "17", SYS).ok()
     assert tm.volume_names() == []
 
 
@@ -175,7 +172,7 @@ def test_context_iso_holds_the_files(tm):
     (tm.base / "context.sh").write_text("ETH0_IP='10.0.0.7'\n")
     (tm.base / "f1a2").write_text("payload\n")
     run = tm.run("context", str(tm.base / "context.sh"), f"{tm.base / 'f1a2'}:'app.conf'",
-                 disk("host1", 1), "17", SYS)
+                 disk_arg("host1", 1), "17", SYS)
     run.ok()
     assert tm.cli_calls() == [] and tm.commands() == []
     iso = tm.base / "copy.iso"
@@ -200,9 +197,9 @@ def test_mvds_of_a_deferred_save_as_clones_then_deletes_the_vm_clone(tm_factory)
     image = tm.make_image(42, "ubuntu", 16, 0xAB)
     fe = socket.gethostname()
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], [fe]))
-    tm.run("clone", f"one:{image}", disk(fe, 0), "17", DS).ok()
+    tm.run("clone", f"one:{image}", disk_arg(fe, 0), "17", DS).ok()
     tm.put_image(50, image_xml(ID="50", NAME="saved", SIZE="20", SOURCE="", FORMAT="save_as"))
-    tm.run("mvds", disk(fe, 0), "saved.50", "17", DS).ok()
+    tm.run("mvds", disk_arg(fe, 0), "saved.50", "17", DS).ok()
     assert tm.volume_names() == ["saved.50", image]
     assert tm.volume("saved.50").description == "OpenNebula image 50 (saved)"
     assert tm.volume("saved.50").size_mb == 20
@@ -215,41 +212,41 @@ def test_a_lost_source_host_does_not_stop_a_recovery(tm):
     cannot be reached, the destination still logs in; in other states that fails."""
     image = tm.make_image(42, "ubuntu", 16, 0xAB)
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host9", "host2"]))
-    tm.run("clone", f"one:{image}", disk(socket.gethostname(), 0), "17", DS).ok()
-    run = tm.run("mv", disk("host9", 0), disk("host2", 0), "17", DS)
+    tm.run("clone", f"one:{image}", disk_arg(socket.gethostname(), 0), "17", DS).ok()
+    run = tm.run("mv", disk_arg("host9", 0), disk_arg("host2", 0), "17", DS)
     assert run.reason.startswith("host host9: ")
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host9", "host2"], lcm_state=60))
-    run = tm.run("mv", disk("host9", 0), disk("host2", 0), "17", DS)
+    run = tm.run("mv", disk_arg("host9", 0), disk_arg("host2", 0), "17", DS)
     assert run.returncode == 0, run.stderr
     assert "WARN: mv: host9 is lost (host host9: " in run.stderr
     assert tm.logged_in("host2") == ["ubuntu.42-v17-d0"]
-    tm.run("delete", disk("host2", 0), "17", DS).ok()
+    tm.run("delete", disk_arg("host2", 0), "17", DS).ok()
 
 
 def test_failures_leave_nothing_behind(tm):
     image = tm.make_image(42, "ubuntu", 16, 0xAB)
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16), volatile_disk(1, 8)], ["host1"]))
-    tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS).ok()
+    tm.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS).ok()
     clone = "ubuntu.42-v17-d0"
 
-    run = tm.run("snap_revert", disk("host1", 0), "3", "17", DS)
+    run = tm.run("snap_revert", disk_arg("host1", 0), "3", "17", DS)
     assert run.reason == f"image snapshot 3: volume {clone} has no snapshot {clone}-snap3"
     assert "logging out of ubuntu.42-v17-d0 on host1 for the revert" in run.stderr
     assert tm.logged_in("host1") == [clone]  # logged in again
     assert tm.volume(clone).status == "online"
 
     tm.put_image(44, image_xml(ID="44", NAME="copy", SIZE="16", SOURCE="", FORMAT="save_as"))
-    run = tm.run("cpds", disk("host1", 0), "copy.44", "2", "17", DS)
+    run = tm.run("cpds", disk_arg("host1", 0), "copy.44", "2", "17", DS)
     assert run.reason == f"disk 0 has no snapshot 2 (no snapshot {clone}-snap2 of volume {clone})"
 
     tm.write_conf(EQL_PORTAL="127.0.0.1:3261")
-    run = tm.run("mkimage", "8", "raw", disk("host1", 1), "17", SYS)
+    run = tm.run("mkimage", "8", "raw", disk_arg("host1", 1), "17", SYS)
     assert run.reason.startswith("host host1: attach: ")
     assert "deleting volume vm17-disk1 after the failure" in run.stderr
     assert tm.volume_names() == [image, clone]
     assert list(tm.staging.iterdir()) == []
     tm.write_conf()
-    tm.run("delete", disk("host1", 0), "17", DS).ok()
+    tm.run("delete", disk_arg("host1", 0), "17", DS).ok()
     tm.run("delete", f"host1:{vm_path(17)}", "17", SYS).ok()
 
 
@@ -264,7 +261,7 @@ def test_an_access_record_the_group_adds_after_the_timeout_is_removed(tm):
     tm.write_conf(EQL_COMMAND_TIMEOUT="2")
     tm.sim.set_faults([{"match": f"^volume select {data} access create initiator ",
                         "action": "delay", "seconds": 3}])
-    run = tm.run("ln", f"one:{data}", disk("host1", 1), "17", DS)
+    run = tm.run("ln", f"one:{data}", disk_arg("host1", 1), "17", DS)
     assert run.reason.startswith(f"no answer to `volume select {data} access create ")
     tm.sim.wait_sessions(0, timeout=20)  # the delayed command has completed
     assert [(r.id, r.initiator) for r in tm.volume(data).access] == [(kept, tm.iqn("host1"))]
@@ -273,9 +270,9 @@ def test_an_access_record_the_group_adds_after_the_timeout_is_removed(tm):
 
     tm.sim.clear_faults()
     tm.write_conf()
-    tm.run("ln", f"one:{data}", disk("host1", 1), "17", DS).ok()
+    tm.run("ln", f"one:{data}", disk_arg("host1", 1), "17", DS).ok()
     assert tm.logged_in("host1") == [data]
-    tm.run("delete", disk("host1", 1), "17", DS).ok()
+    tm.run("delete", disk_arg("host1", 1), "17", DS).ok()
 
 
 def test_a_snapshot_the_group_makes_after_the_timeout_is_deleted(tm):
@@ -284,13 +281,13 @@ def test_a_snapshot_the_group_makes_after_the_timeout_is_deleted(tm):
     the volume's other snapshot stays."""
     image = tm.make_image(42, "ubuntu", 16, 0xAB)
     tm.put_vm(17, vm(17, [image_disk(0, image, 42, 16)], ["host1"]))
-    tm.run("clone", f"one:{image}", disk("host1", 0), "17", DS).ok()
+    tm.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS).ok()
     clone = "ubuntu.42-v17-d0"
-    tm.run("snap_create", disk("host1", 0), "0", "17", DS).ok()
+    tm.run("snap_create", disk_arg("host1", 0), "0", "17", DS).ok()
     tm.write_conf(EQL_COMMAND_TIMEOUT="2")
     tm.sim.set_faults([{"match": f"^volume select {clone} snapshot create-now ",
                         "action": "delay", "seconds": 3}])
-    run = tm.run("snap_create", disk("host1", 0), "1", "17", DS)
+    run = tm.run("snap_create", disk_arg("host1", 0), "1", "17", DS)
     assert run.reason.startswith(f"no answer to `volume select {clone} snapshot create-now ")
     tm.sim.wait_sessions(0, timeout=20)  # the delayed command has completed
     assert [s.name for s in tm.volume(clone).snapshots] == [f"{clone}-snap0"]
@@ -298,7 +295,7 @@ def test_a_snapshot_the_group_makes_after_the_timeout_is_deleted(tm):
 
     tm.sim.clear_faults()
     tm.write_conf()
-    tm.run("snap_create", disk("host1", 0), "1", "17", DS).ok()
+    tm.run("snap_create", disk_arg("host1", 0), "1", "17", DS).ok()
     assert sorted(s.name for s in tm.volume(clone).snapshots) == [
         f"{clone}-snap0", f"{clone}-snap1"]
-    tm.run("delete", disk("host1", 0), "17", DS).ok()
+    tm.run("delete", disk_arg("host1", 0), "17", DS).ok()

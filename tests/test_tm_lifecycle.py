@@ -17,6 +17,7 @@ from tests.tm_harness import (
     MIB,
     SYSTEM_DS,
     TmHarness,
+    disk_arg,
     host_client_key,
     hosts_factory,
     image_disk,
@@ -64,10 +65,6 @@ class Life:
         return self.tm.run(action, *args, stdin=stdin).ok()
 
 
-def disk(host: str, disk_id: int) -> str:
-    return f"{host}:{vm_path(17, disk_id)}"
-
-
 def assert_on(tm: TmHarness, host: str, *others: str) -> None:
     """VM 17's volumes are logged in and linked on ``host`` only, with access for it."""
     assert tm.logged_in(host) == sorted(VOLUMES)
@@ -96,10 +93,10 @@ def test_vm_lifecycle(tm_factory):
     context_sh.write_text("HOSTNAME='vm17'\n")
 
     # deploy on host1: clone, ln, mkimage (system TM), context (system TM)
-    life.run("clone", f"one:{image}", disk("host1", 0), "17", DS)
-    life.run("ln", f"one:{data}", disk("host1", 1), "17", DS)
-    life.run("mkimage", "8", "raw", disk("host1", 2), "17", SYS)
-    life.run("context", str(context_sh), disk("host1", 3), "17", SYS)
+    life.run("clone", f"one:{image}", disk_arg("host1", 0), "17", DS)
+    life.run("ln", f"one:{data}", disk_arg("host1", 1), "17", DS)
+    life.run("mkimage", "8", "raw", disk_arg("host1", 2), "17", SYS)
+    life.run("context", str(context_sh), disk_arg("host1", 3), "17", SYS)
     assert tm.volume(CLONE).size_mb == 24
     assert tm.volume(VOLATILE).description == "OpenNebula VM 17 disk 2 (volatile ext4)"
     assert_on(tm, "host1", "host2", "host3")
@@ -118,20 +115,20 @@ def test_vm_lifecycle(tm_factory):
 
     # poweroff, then resize disk 0 and snapshot/revert it
     life.lcm_state = 51
-    life.run("resize", disk("host1", 0), "40", "17", DS)
+    life.run("resize", disk_arg("host1", 0), "40", "17", DS)
     life.size0 = 40
     assert tm.volume(CLONE).size_mb == 40
     assert "volume select ubuntu.42-v17-d0 size 40MB no-snap" in tm.commands()
-    life.run("snap_create", disk("host1", 0), "0", "17", DS)
+    life.run("snap_create", disk_arg("host1", 0), "0", "17", DS)
     assert [s.name for s in tm.volume(CLONE).snapshots] == [f"{CLONE}-snap0"]
     tm.write_disk("host1", vm_path(17, 0), 2, 0xEE)
     assert tm.read(CLONE, 2 * MIB, 16) == b"\xee" * 16
-    life.run("snap_revert", disk("host1", 0), "0", "17", DS)
+    life.run("snap_revert", disk_arg("host1", 0), "0", "17", DS)
     assert tm.read(CLONE, 2 * MIB, MIB) == b"\xc0" * MIB
     assert tm.read_disk("host1", vm_path(17, 0), 2) == b"\xc0" * MIB
     assert [s.name for s in tm.volume(CLONE).snapshots] == [f"{CLONE}-snap0"]
     assert_on(tm, "host1", "host2")
-    life.run("snap_delete", disk("host1", 0), "0", "17", DS)
+    life.run("snap_delete", disk_arg("host1", 0), "0", "17", DS)
     assert tm.volume(CLONE).snapshots == []
 
     # live migration host1 -> host2: both hosts are logged in between pre and post
@@ -157,7 +154,7 @@ def test_vm_lifecycle(tm_factory):
     # cold migration (from poweroff) host2 -> host1: mv of every disk, then the directory
     life.lcm_state, life.hosts = 43, ["host1", "host2", "host1", "host1"]
     for disk_id in range(3):
-        life.run("mv", disk("host2", disk_id), disk("host1", disk_id), "17",
+        life.run("mv", disk_arg("host2", disk_id), disk_arg("host1", disk_id), "17",
                  SYS if disk_id == 2 else DS)
     life.run("mv", f"host2:{vm_path(17)}", f"host1:{vm_path(17)}", "17", SYS)
     assert_on(tm, "host1", "host2")
@@ -167,24 +164,24 @@ def test_vm_lifecycle(tm_factory):
 
     # disk-saveas of the running disk 0, and of its snapshot 1
     life.lcm_state = 3
-    life.run("snap_create_live", disk("host1", 0), "1", "17", DS)
+    life.run("snap_create_live", disk_arg("host1", 0), "1", "17", DS)
     tm.write_disk("host1", vm_path(17, 0), 2, 0xC2)
     for image_id, snap in ((44, "-1"), (45, "1")):
         tm.put_image(image_id, image_xml(ID=str(image_id), NAME=f"copy{image_id}",
                                          SIZE="40", FORMAT="save_as", SOURCE=""))
-        life.run("cpds", disk("host1", 0), f"copy{image_id}.{image_id}", snap, "17", DS)
+        life.run("cpds", disk_arg("host1", 0), f"copy{image_id}.{image_id}", snap, "17", DS)
         tm.allow(f"copy{image_id}.{image_id}")
     assert tm.read("copy44.44", 2 * MIB, MIB) == b"\xc2" * MIB
     assert tm.read("copy45.45", 2 * MIB, MIB) == b"\xc0" * MIB
     for copy in ("copy44.44", "copy45.45"):
         assert tm.volume(copy).access == [] and tm.volume(copy).size_mb == 40
     assert tm.volume("copy44.44").description == "OpenNebula image 44 (copy44)"
-    life.run("snap_delete", disk("host1", 0), "1", "17", DS)
+    life.run("snap_delete", disk_arg("host1", 0), "1", "17", DS)
 
     # undeploy to the front-end (host3, NO_ISCSI), resume on host2
     life.lcm_state, life.hosts = 30, [*life.hosts, "host3"]
     for disk_id in range(3):
-        life.run("mv", disk("host1", disk_id), disk("host3", disk_id), "17",
+        life.run("mv", disk_arg("host1", disk_id), disk_arg("host3", disk_id), "17",
                  SYS if disk_id == 2 else DS)
     life.run("mv", f"host1:{vm_path(17)}", f"host3:{vm_path(17)}", "17", SYS)
     assert_released(tm)
@@ -192,7 +189,7 @@ def test_vm_lifecycle(tm_factory):
     assert sorted(p.name for p in tm.host("host3").path(vm_path(17)).iterdir()) == ["disk.3"]
     life.lcm_state, life.hosts = 9, [*life.hosts, "host2"]
     for disk_id in range(3):
-        life.run("mv", disk("host3", disk_id), disk("host2", disk_id), "17",
+        life.run("mv", disk_arg("host3", disk_id), disk_arg("host2", disk_id), "17",
                  SYS if disk_id == 2 else DS)
     life.run("mv", f"host3:{vm_path(17)}", f"host2:{vm_path(17)}", "17", SYS)
     assert_on(tm, "host2", "host1", "host3")
@@ -201,9 +198,9 @@ def test_vm_lifecycle(tm_factory):
 
     # terminate: delete the clone, mvds the persistent disk, delete the volatile one, dir
     life.lcm_state = 11  # EPILOG
-    life.run("delete", disk("host2", 0), "17", DS)
-    life.run("mvds", disk("host2", 1), DATA, "17", DS)
-    life.run("delete", disk("host2", 2), "17", SYS)
+    life.run("delete", disk_arg("host2", 0), "17", DS)
+    life.run("mvds", disk_arg("host2", 1), DATA, "17", DS)
+    life.run("delete", disk_arg("host2", 2), "17", SYS)
     life.run("delete", f"host2:{vm_path(17)}", "17", SYS)
     assert tm.volume_names() == sorted(["copy44.44", "copy45.45", DATA, image])
     assert tm.read(DATA, 2 * MIB, MIB) == b"\xc1" * MIB

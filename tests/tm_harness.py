@@ -81,6 +81,11 @@ def vm_path(vm_id: int, disk_id: Optional[int] = None) -> str:
     return base if disk_id is None else f"{base}/disk.{disk_id}"
 
 
+def disk_arg(host: str, disk_id: int, vm_id: int = 17) -> str:
+    """A TM disk argument as oned passes it: ``host:<location>/0/<vm>/disk.N``."""
+    return f"{host}:{vm_path(vm_id, disk_id)}"
+
+
 def image_disk(disk_id: int, volume: str, image_id: int, size_mb: int,
                persistent: bool = False, **fields: Optional[str]) -> str:
     """A VM DISK of image ``image_id`` (volume ``volume``) of datastore 100."""

@@ -33,6 +33,7 @@ from tests.tm_harness import (
     SYSTEM_DS,
     TmHarness,
     TmRun,
+    disk_arg,
     image_disk,
     vm,
     vm_path,
@@ -69,10 +70,6 @@ LOGIN_FAULTS = (UNREACHABLE, "login-auth", "login-timeout", "login-fatal", "no-d
 LOGOUT_FAULTS = (UNREACHABLE, "logout", "logout-busy", "node-delete")
 
 
-def disk(host: str, disk_id: int) -> str:
-    return f"{host}:{vm_path(VM, disk_id)}"
-
-
 @dataclass(frozen=True)
 class Scenario:
     """One action: the VM's disks and hosts, the set-up actions, the action, and which
@@ -91,8 +88,8 @@ CLONE = image_disk(0, "ubuntu.42", 42, 16)
 PERSISTENT = image_disk(1, "data.43", 43, 16, persistent=True)
 VOLATILE = volatile_disk(2, 8)
 SWAP = volatile_disk(3, 8, kind="swap")
-CLONE_ON_HOST1 = ("clone", "one:ubuntu.42", disk("host1", 0), str(VM), DS)
-LN_ON_HOST1 = ("ln", "one:data.43", disk("host1", 1), str(VM), DS)
+CLONE_ON_HOST1 = ("clone", "one:ubuntu.42", disk_arg("host1", 0), str(VM), DS)
+LN_ON_HOST1 = ("ln", "one:data.43", disk_arg("host1", 1), str(VM), DS)
 MIGRATE = ("host1", "host2", vm_path(VM), str(VM), SYS)
 MIGRATE_ACTIONS = ("premigrate", "postmigrate", "failmigrate")
 MULTIHOST_OFF = (("EQL_MULTIHOST", "disable"),)  # on only while a VM moves
@@ -108,37 +105,37 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in (
     Scenario("ln", (PERSISTENT,), ("host1",), (),
              LN_ON_HOST1, _on("host1", LOGIN_FAULTS)),
     Scenario("mkimage", (VOLATILE,), ("host1",), (),
-             ("mkimage", "8", "raw", disk("host1", 2), str(VM), SYS),
+             ("mkimage", "8", "raw", disk_arg("host1", 2), str(VM), SYS),
              _on("host1", ("unreachable", "login-auth", "no-device"))),
     Scenario("mkswap", (SWAP,), ("host1",), (),
-             ("mkswap", "8", disk("host1", 3), str(VM), SYS),
+             ("mkswap", "8", disk_arg("host1", 3), str(VM), SYS),
              _on("host1", ("unreachable", "login-auth", "no-device"))),
     Scenario("mv-host-to-host", (CLONE,), ("host1", "host2"), (CLONE_ON_HOST1,),
-             ("mv", disk("host1", 0), disk("host2", 0), str(VM), DS),
+             ("mv", disk_arg("host1", 0), disk_arg("host2", 0), str(VM), DS),
              _on("host1", ("unreachable", "logout"))
              + _on("host2", ("unreachable", "login-auth", "no-device"))),
     Scenario("mv-to-frontend", (CLONE,), ("host1",), (CLONE_ON_HOST1,),
-             ("mv", disk("host1", 0), disk(FRONTEND, 0), str(VM), DS),
+             ("mv", disk_arg("host1", 0), disk_arg(FRONTEND, 0), str(VM), DS),
              _on("host1", ("unreachable", "logout", "node-delete"))),
     Scenario("mv-from-frontend", (CLONE,), ("host1",),
-             (("clone", "one:ubuntu.42", disk(FRONTEND, 0), str(VM), DS),),
-             ("mv", disk(FRONTEND, 0), disk("host1", 0), str(VM), DS),
+             (("clone", "one:ubuntu.42", disk_arg(FRONTEND, 0), str(VM), DS),),
+             ("mv", disk_arg(FRONTEND, 0), disk_arg("host1", 0), str(VM), DS),
              _on("host1", ("unreachable", "login-timeout", "no-device"))),
     Scenario("resize", (CLONE,), ("host1",), (CLONE_ON_HOST1,),
-             ("resize", disk("host1", 0), "24", str(VM), DS),
+             ("resize", disk_arg("host1", 0), "24", str(VM), DS),
              _on("host1", ("unreachable", "rescan"))),
     Scenario("delete-clone", (CLONE,), ("host1",), (CLONE_ON_HOST1,),
-             ("delete", disk("host1", 0), str(VM), DS), _on("host1", LOGOUT_FAULTS)),
+             ("delete", disk_arg("host1", 0), str(VM), DS), _on("host1", LOGOUT_FAULTS)),
     Scenario("delete-persistent", (PERSISTENT,), ("host1",),
              (LN_ON_HOST1,),
-             ("delete", disk("host1", 1), str(VM), DS),
+             ("delete", disk_arg("host1", 1), str(VM), DS),
              _on("host1", ("unreachable", "logout"))),
     Scenario("delete-volatile", (VOLATILE,), ("host1",),
-             (("mkimage", "8", "raw", disk("host1", 2), str(VM), SYS),),
-             ("delete", disk("host1", 2), str(VM), SYS),
+             (("mkimage", "8", "raw", disk_arg("host1", 2), str(VM), SYS),),
+             ("delete", disk_arg("host1", 2), str(VM), SYS),
              _on("host1", ("unreachable", "logout"))),
     Scenario("mvds", (PERSISTENT,), ("host1",), (LN_ON_HOST1,),
-             ("mvds", disk("host1", 1), "data.43", str(VM), DS),
+             ("mvds", disk_arg("host1", 1), "data.43", str(VM), DS),
              _on("host1", ("unreachable", "logout"))),
     Scenario("delete-vm-dir", (CLONE,), ("host1",), (CLONE_ON_HOST1,),
              ("delete", f"host1:{vm_path(VM)}", str(VM), SYS),
@@ -161,11 +158,11 @@ SCENARIOS: Dict[str, Scenario] = {s.name: s for s in (
              ("postmigrate", *MIGRATE), _on("host1", ("logout-1st", "node-delete-1st")),
              MULTIHOST_OFF),
     Scenario("snap_revert", (CLONE,), ("host1",),
-             (CLONE_ON_HOST1, ("snap_create", disk("host1", 0), "0", str(VM), DS)),
-             ("snap_revert", disk("host1", 0), "0", str(VM), DS),
+             (CLONE_ON_HOST1, ("snap_create", disk_arg("host1", 0), "0", str(VM), DS)),
+             ("snap_revert", disk_arg("host1", 0), "0", str(VM), DS),
              _on("host1", ("unreachable", "logout", "login-auth"))),
     Scenario("context", (CLONE,), ("host1",), (),
-             ("context", "@context.sh", disk("host1", 4), str(VM), SYS),
+             ("context", "@context.sh", disk_arg("host1", 4), str(VM), SYS),
              _on("host1", ("unreachable",))),
 )}
 

@@ -15,7 +15,7 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
-from tests.ds_harness import FRONTEND, MIB, DsHarness, ds, ds_xml, write_random
+from tests.ds_harness import FRONTEND, MIB, DsHarness, ds, ds_xml, serve_http, write_random
 from tests.reliability.faultmatrix import group_view
 from tests.tm_harness import iscsi
 
@@ -58,15 +58,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def web() -> Iterator[Tuple[str, type]]:
     handler = type("Handler", (_Handler,), {})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/disk.raw", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_http(handler) as url:
+        yield f"{url}/disk.raw", handler
 
 
 @pytest.mark.parametrize("mode", ["500", "truncated", "refused", "md5", "sha1"])

@@ -19,8 +19,16 @@ from typing import List, Tuple
 import pytest
 
 from tests.reliability.faultmatrix import FAULTS, CaseResult, selected, write_report
-from tests.reliability.tm_faultmatrix import DATA, DS, SCENARIOS, TmFaultMatrix, disk
-from tests.tm_harness import TmHarness, host_client_key, hosts_factory, iscsi, tm_clean, tm_factory
+from tests.reliability.tm_faultmatrix import DATA, DS, SCENARIOS, TmFaultMatrix
+from tests.tm_harness import (
+    TmHarness,
+    disk_arg,
+    host_client_key,
+    hosts_factory,
+    iscsi,
+    tm_clean,
+    tm_factory,
+)
 
 __all__ = ["host_client_key", "hosts_factory", "tm_clean", "tm_factory"]
 pytestmark = iscsi
@@ -83,7 +91,7 @@ def test_tm_checks_see_what_a_failed_attach_leaves(tm_factory, tmp_path):
     matrix = TmFaultMatrix(tm, "clone", tmp_path / "work")
     matrix.record()
     matrix.reset()
-    tm.run("ln", f"one:{DATA}", disk("host2", 1), "17", DS).ok()
+    tm.run("ln", f"one:{DATA}", disk_arg("host2", 1), "17", DS).ok()
     problems = " ".join(matrix.extra_problems(succeeded=False))
     for expected in ("session(s) left on host2", "node record(s) left on host2",
                      "VM directory entries left on host2", "access record(s) left"):

@@ -40,6 +40,7 @@ from tests.tm_harness import (
     SYSTEM_DS,
     TESTER,
     TmHarness,
+    disk_arg,
     image_disk,
     vm,
     vm_path,
@@ -66,10 +67,6 @@ VOLUMES: Dict[str, Tuple[int, str]] = {  # name -> (MB, description)
     VOLATILE: (8, vm_disk_description(VM_ID, 2, "volatile raw")),
 }
 IMAGE_VOLUMES = (IMAGE, DATA)
-
-
-def disk(host: str, disk_id: int) -> str:
-    return f"{host}:{vm_path(VM_ID, disk_id)}"
 
 
 def _datastore(disk_id: int) -> str:
@@ -109,26 +106,26 @@ def _data_on_host1(action: str, *args: str, migrating: bool = False) -> TmScenar
 
 
 SCENARIOS: Dict[str, TmScenario] = {
-    "clone": TmScenario("clone", (f"one:{IMAGE}", disk("host1", 0), "17", DS)),
-    "ln": TmScenario("ln", (f"one:{DATA}", disk("host1", 1), "17", DS), disks=(1,)),
-    "mkimage": TmScenario("mkimage", ("8", "raw", disk("host1", 2), "17", SYS), disks=(2,)),
-    "mkswap": TmScenario("mkswap", ("8", disk("host1", 2), "17", SYS), disks=(2,)),
-    "mvds": _data_on_host1("mvds", disk("host1", 1), DATA, "17", DS),
-    "cpds": TmScenario("cpds", (disk("host1", 0), SAVED, "-1", "17", DS), volumes=(CLONE,)),
-    "resize": _clone_on_host1("resize", disk("host1", 0), "32", "17", DS),
-    "snap_create": TmScenario("snap_create", (disk("host1", 0), "0", "17", DS),
+    "clone": TmScenario("clone", (f"one:{IMAGE}", disk_arg("host1", 0), "17", DS)),
+    "ln": TmScenario("ln", (f"one:{DATA}", disk_arg("host1", 1), "17", DS), disks=(1,)),
+    "mkimage": TmScenario("mkimage", ("8", "raw", disk_arg("host1", 2), "17", SYS), disks=(2,)),
+    "mkswap": TmScenario("mkswap", ("8", disk_arg("host1", 2), "17", SYS), disks=(2,)),
+    "mvds": _data_on_host1("mvds", disk_arg("host1", 1), DATA, "17", DS),
+    "cpds": TmScenario("cpds", (disk_arg("host1", 0), SAVED, "-1", "17", DS), volumes=(CLONE,)),
+    "resize": _clone_on_host1("resize", disk_arg("host1", 0), "32", "17", DS),
+    "snap_create": TmScenario("snap_create", (disk_arg("host1", 0), "0", "17", DS),
                               volumes=(CLONE,)),
-    "snap_delete": TmScenario("snap_delete", (disk("host1", 0), "0", "17", DS),
+    "snap_delete": TmScenario("snap_delete", (disk_arg("host1", 0), "0", "17", DS),
                               volumes=(CLONE,), snapshot=True),
-    "snap_revert": _clone_on_host1("snap_revert", disk("host1", 0), "0", "17", DS,
+    "snap_revert": _clone_on_host1("snap_revert", disk_arg("host1", 0), "0", "17", DS,
                                    snapshot=True),
-    "delete_clone": _clone_on_host1("delete", disk("host1", 0), "17", DS),
-    "delete_persistent": _data_on_host1("delete", disk("host1", 1), "17", DS),
-    "delete_volatile": TmScenario("delete", (disk("host1", 2), "17", SYS), disks=(2,),
+    "delete_clone": _clone_on_host1("delete", disk_arg("host1", 0), "17", DS),
+    "delete_persistent": _data_on_host1("delete", disk_arg("host1", 1), "17", DS),
+    "delete_volatile": TmScenario("delete", (disk_arg("host1", 2), "17", SYS), disks=(2,),
                                   volumes=(VOLATILE,), linked=(("host1", 2),)),
-    "mv_undeploy": _clone_on_host1("mv", disk("host1", 0), disk(FRONTEND_HOST, 0), "17", DS,
+    "mv_undeploy": _clone_on_host1("mv", disk_arg("host1", 0), disk_arg(FRONTEND_HOST, 0), "17", DS,
                                    hosts=("host1", FRONTEND_HOST)),
-    "mv_resume": TmScenario("mv", (disk(FRONTEND_HOST, 0), disk("host1", 0), "17", DS),
+    "mv_resume": TmScenario("mv", (disk_arg(FRONTEND_HOST, 0), disk_arg("host1", 0), "17", DS),
                             volumes=(CLONE,), hosts=("host1", FRONTEND_HOST, "host1")),
     "premigrate": _data_on_host1("premigrate", *_MIGRATE),
     "postmigrate": _data_on_host1("postmigrate", *_MIGRATE, migrating=True),
@@ -190,7 +187,7 @@ class TmFaultMatrix(CommandFaultMatrix):
                 group.create_snapshot(CLONE, snapshot_name(CLONE, 0),
                                       description=vm_disk_description(VM_ID, 0, "snapshot 0"))
         for host, disk_id in scenario.linked:
-            tm.run("ln", f"one:{DISK_VOLUME[disk_id]}", disk(host, disk_id), str(VM_ID),
+            tm.run("ln", f"one:{DISK_VOLUME[disk_id]}", disk_arg(host, disk_id), str(VM_ID),
                    _datastore(disk_id)).ok()
         if scenario.migrating:
             tm.run("premigrate", *_MIGRATE, stdin=self._vm_message()).ok()
