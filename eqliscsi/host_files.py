@@ -20,7 +20,6 @@ validated (``naming.parse_host_path``) and shell-quoted:
 
 from __future__ import annotations
 
-import math
 import posixpath
 import shlex
 import subprocess
@@ -34,13 +33,6 @@ COPY_TIMEOUT = 4 * 3600.0  # a VM directory may hold a checkpoint of the VM's me
 WRITE_SECONDS_PER_MB = 4.0
 MOVED = b"moved\n"
 TMP_SUFFIX = ".eqliscsi-tmp"
-
-
-def ssh_argv(host: Host, command: str) -> List[str]:
-    """ssh running ``command`` on ``host``, with ``Host.run_script``'s options."""
-    timeout = max(1, math.ceil(host.config.connect_timeout))
-    return [*host.ssh_command, "-T", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}",
-            "--", host.name, command]
 
 
 def _bash(script: str) -> str:
@@ -98,12 +90,12 @@ def copy_vm_dir(source: Host, source_path: str, target: Host, target_path: str,
     target_script = f"mkdir -p -- {quoted_target} && tar -C {quoted_target} -xf -"
     deadline = time.monotonic() + COPY_TIMEOUT
     with tempfile.TemporaryFile() as source_err, tempfile.TemporaryFile() as target_err:
-        sender = subprocess.Popen(ssh_argv(source, _bash(source_script)),
+        sender = subprocess.Popen(source.ssh_argv(_bash(source_script)),
                                   stdin=subprocess.PIPE if move else subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=source_err)
         receiver: Optional[subprocess.Popen[bytes]] = None
         try:
-            receiver = subprocess.Popen(ssh_argv(target, _bash(target_script)),
+            receiver = subprocess.Popen(target.ssh_argv(_bash(target_script)),
                                         stdin=sender.stdout, stdout=subprocess.DEVNULL,
                                         stderr=target_err)
             assert sender.stdout is not None
@@ -143,7 +135,7 @@ def write_file(host: Host, path: str, data: bytes) -> None:
     timeout = (config.connect_timeout + config.command_timeout
                + WRITE_SECONDS_PER_MB * len(data) / 2**20)
     try:
-        done = subprocess.run(ssh_argv(host, _bash(script)), input=data, capture_output=True,
+        done = subprocess.run(host.ssh_argv(_bash(script)), input=data, capture_output=True,
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise HostError(host.name, "write", f"writing {path} took more than {timeout:.0f}s "

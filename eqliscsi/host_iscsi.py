@@ -326,14 +326,18 @@ class Host:
             raise HostError(self.name, "rescan", f"no size in the result {result.lines!r}")
         return int(sizes[0])
 
+    def ssh_argv(self, command: str) -> List[str]:
+        """ssh running ``command`` on the host: no tty, no password prompt, the connect
+        timeout (EQL_CONNECT_TIMEOUT) and the front-end's ssh config."""
+        return [*self.ssh_command, "-T", "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={max(1, math.ceil(self.config.connect_timeout))}",
+                "--", self.name, command]
+
     def run_script(self, step: str, script: str, timeout: float, *,
                    lock: bool = True) -> ScriptResult:
         """Run ``script`` on the host (one ssh call, script on stdin, under the front-end's
         lock for this host unless ``lock`` is False); HostError unless it exits 0."""
-        argv = [*self.ssh_command, "-T",
-                "-o", "BatchMode=yes",
-                "-o", f"ConnectTimeout={max(1, math.ceil(self.config.connect_timeout))}",
-                "--", self.name, "bash --norc --noprofile -s"]
+        argv = self.ssh_argv("bash --norc --noprofile -s")
         with self._host_lock(step) if lock else _no_lock():
             try:
                 done = subprocess.run(argv, input=script.encode(), capture_output=True,
