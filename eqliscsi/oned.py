@@ -245,8 +245,20 @@ def remotes_dir_of(script: str) -> Path:
 
 
 def run_action(name: str, func: ActionFunction) -> NoReturn:
-    """Run ``func`` as action ``name`` under the oned contract and exit with its status."""
-    sys.exit(execute_action(name, func, sys.argv, sys.stdin.buffer, os.environ))
+    """Run ``func`` as action ``name`` under the oned contract and exit with its status.
+
+    The process ends with ``os._exit`` once stdout and stderr are flushed, skipping the
+    interpreter's teardown (~20 ms after paramiko: module and object clean-up, a tenth of a
+    short action).  Nothing is lost: every file, session, subprocess and staging directory
+    of the action is closed by its ``with`` block before ``execute_action`` returns, and the
+    debug log is written unbuffered.  A result that cannot be flushed fails the action."""
+    status = execute_action(name, func, sys.argv, sys.stdin.buffer, os.environ)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        status = status or 1
+    os._exit(status)
 
 
 def execute_action(name: str, func: ActionFunction, argv: Sequence[str], stdin: BinaryIO,

@@ -1,7 +1,9 @@
 """The oned contract: invocation forms, stdout/stderr discipline, error mapping, debug log."""
 
 import io
+import os
 import re
+import subprocess
 import sys
 import syslog
 from pathlib import Path
@@ -277,12 +279,26 @@ def test_log_lines(capsys, monkeypatch):
         "INFO: cp: copying from ***\nWARN: cp: w\nERROR: cp: e\nDEBUG: cp: d\n")
 
 
-def test_run_action_exits_with_the_status(monkeypatch, remotes, capsys):
-    monkeypatch.delenv("EQLISCSI_CONF", raising=False)
-    monkeypatch.delenv("EQLISCSI_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", [str(remotes / "datastore" / "eqliscsi" / "x"), "7"])
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
-    with pytest.raises(SystemExit) as exit_info:
-        oned.run_action("x", lambda act: "done")
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out == "done\n"
+ACTION_SCRIPT = """
+import sys
+sys.path.insert(0, {repo!r})
+from eqliscsi import oned
+def act(action):
+    if action.args[0] == "fail":
+        raise oned.DriverError("no luck")
+    return "x" * 200000 if action.args[0] == "big" else "done"
+oned.run_action("x", act)
+"""
+
+
+@pytest.mark.parametrize("mode, status, out", [("ok", 0, "done\n"), ("big", 0, "x" * 200000 + "\n"),
+                                               ("fail", 1, "")])
+def test_run_action_exits_with_the_status(remotes, mode, status, out):
+    """A real process: run_action ends it with os._exit after flushing stdout and stderr."""
+    script = remotes / "datastore" / "eqliscsi" / "x"
+    script.write_text(ACTION_SCRIPT.format(repo=str(Path(__file__).resolve().parents[1])))
+    done = subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], "HOME": str(remotes)}, timeout=60,
+                          check=False)
+    assert (done.returncode, done.stdout) == (status, out)
+    assert done.stderr == ("ERROR: x: no luck\nno luck\n" if mode == "fail" else "")
