@@ -36,11 +36,14 @@ which reads as zeros.  A CHAP secret reaches qemu only through a 0600 file named
 Verifying (``ImageVerifier``), over the image's length only (the LUN is usually larger:
 the group rounds volumes up to whole 15 MB pages):
 
-* ``sample``: the first and the last MiB and 8 other random MiB of the image, read
-  through qemu from the source (so qcow2 & co. are compared as the guest sees them) and
-  from the LUN in one ``qemu-img convert`` each (which opens the image or the LUN once:
-  one iSCSI login), compared byte for byte.  The source's windows are read in the
-  background while the volume is made and written;
+* ``sample``: 64 KiB windows at the start, at the end and at 30 random places of the
+  image, read through qemu from the source (so qcow2 & co. are compared as the guest sees
+  them) and from the LUN in one ``qemu-img convert`` each (which opens the image or the
+  LUN once: one iSCSI login), compared byte for byte.  Many small windows rather than a
+  few large ones: a write that went to the wrong volume, stopped short, or lost or
+  misplaced a request is caught by the places sampled, not by the bytes per place, and 2
+  MiB are read back instead of 10 (~15 ms less per cp).  The source's windows are read in
+  the background while the volume is made and written;
 * ``full``: ``qemu-img compare`` of the whole image with the LUN's first bytes;
 * ``off``: nothing.
 
@@ -87,7 +90,8 @@ QEMU_INFO_TIMEOUT = 60.0
 MKFS_TIMEOUT = 600.0
 TRANSFER_BASE_SECONDS = 3600.0
 TRANSFER_SECONDS_PER_MB = 4.0
-SAMPLE_WINDOWS = 8  # random MiB windows besides the first and the last
+SAMPLE_WINDOW = 64 * 1024  # bytes compared per place
+SAMPLE_WINDOWS = 30  # random windows besides the first and the last
 ALLOWED_FORMATS = frozenset({"raw", "qcow2", "qcow", "qed", "vmdk", "vdi", "vhdx", "vpc",
                              "parallels"})
 CHAP_SECRET_ID = "sec0"  # noqa: S105 (the id of qemu's secret object)
@@ -599,7 +603,7 @@ class ImageVerifier:
             if actual != expected:  # one comparison; the windows only to name the place
                 offset = self._first_difference(expected, actual)
                 raise DriverError(f"verification failed: the volume differs from the image "
-                                  f"in the MiB at offset {offset}")
+                                  f"in the {SAMPLE_WINDOW // 1024} KiB at offset {offset}")
         log_info(f"{self.mode} verification passed in {time.monotonic() - started:.2f}s")
 
     def _first_difference(self, expected: bytes, actual: bytes) -> int:
@@ -623,13 +627,14 @@ class ImageVerifier:
 
 
 def sample_windows(size: int) -> List[Tuple[int, int]]:
-    """(offset, length) of the first and last MiB of ``size`` bytes and up to
-    ``SAMPLE_WINDOWS`` other random MiB, in order."""
-    blocks = -(-size // MIB)
+    """(offset, length) of the first and last ``SAMPLE_WINDOW`` bytes of ``size`` bytes
+    and of up to ``SAMPLE_WINDOWS`` other random windows, in order."""
+    blocks = -(-size // SAMPLE_WINDOW)
     chosen = {0, blocks - 1}
     middle = range(1, blocks - 1)
     chosen.update(secrets.SystemRandom().sample(middle, min(SAMPLE_WINDOWS, len(middle))))
-    return [(block * MIB, min(MIB, size - block * MIB)) for block in sorted(chosen)]
+    return [(block * SAMPLE_WINDOW, min(SAMPLE_WINDOW, size - block * SAMPLE_WINDOW))
+            for block in sorted(chosen)]
 
 
 class _WindowRead:

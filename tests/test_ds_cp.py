@@ -18,6 +18,7 @@ import pytest
 
 from eqliscsi.ds_actions import image_description
 from eqliscsi.image_copy import (
+    SAMPLE_WINDOW,
     SHARED_NODE,
     ImageVerifier,
     LunTarget,
@@ -124,15 +125,15 @@ def test_sample_verification_opens_the_image_and_the_lun_once_each(ds, tmp_path)
     reads = [(index, read_windows(call)) for index, call in enumerate(calls) if "-O" in call]
     assert [index < write for index, _ in reads] == [True, False]  # image before the write
     (_, image), (_, lun) = reads
-    assert len(image) == len(lun) == 10
+    assert len(image) == len(lun) == 32
     shared = f"file.node-name={SHARED_NODE}"
-    assert image[0].startswith("driver=raw,offset=0,size=1048576,file.driver=raw,")
+    assert image[0].startswith("driver=raw,offset=0,size=65536,file.driver=raw,")
     assert f"file.file.filename={tmp_path / 'disk.raw'}" in image[0] and shared in image[0]
-    assert lun[0].startswith("driver=raw,offset=0,size=1048576,file.driver=iscsi,")
+    assert lun[0].startswith("driver=raw,offset=0,size=65536,file.driver=iscsi,")
     assert shared in lun[0]
     assert image[1:] == lun[1:]  # the same windows of the shared node
     assert all(window.endswith(f",file={SHARED_NODE}") for window in lun[1:])
-    assert lun[-1] == f"driver=raw,offset={19 * MIB},size=1048576,file={SHARED_NODE}"
+    assert lun[-1] == f"driver=raw,offset={20 * MIB - SAMPLE_WINDOW},size=65536,file={SHARED_NODE}"
     assert_clean(ds, VOLUME)
 
 
@@ -152,7 +153,8 @@ def test_window_read_returns_the_bytes_at_each_offset(tmp_path, fmt):
 
 def test_sample_verification_names_the_first_differing_window(ds, tmp_path):
     data = write_random(tmp_path / "disk.raw", 4 * MIB)
-    (tmp_path / "lun.raw").write_bytes(data[:3 * MIB] + bytes(MIB))  # the last MiB lost
+    last = 4 * MIB - SAMPLE_WINDOW  # the last window is always sampled
+    (tmp_path / "lun.raw").write_bytes(data[:last] + bytes(SAMPLE_WINDOW))  # its bytes lost
     with ds.group() as group:
         group.create_volume("copy.1", 4)
         group.create_access("copy.1", initiator=FRONTEND)
@@ -163,7 +165,7 @@ def test_sample_verification_names_the_first_differing_window(ds, tmp_path):
     stage = tmp_path / "stage"
     stage.mkdir()
     with ImageVerifier(source, "sample", stage) as verifier, pytest.raises(
-            DriverError, match=rf"^verification failed: .* in the MiB at offset {3 * MIB}$"):
+            DriverError, match=rf"^verification failed: .* in the 64 KiB at offset {last}$"):
         verifier.verify(target)
     assert list(stage.iterdir()) == []
 
@@ -426,8 +428,8 @@ def test_failing_cleanup_is_logged_and_does_not_mask_the_failure(ds, tmp_path):
 @pytest.mark.parametrize(("write", "verify", "problem"), [
     ("fail", "sample", "writing the image to the volume (qemu-img convert) failed (exit 1): "
                        "qemu-img: simulated failure"),
-    ("skip", "sample", "verification failed: the volume differs from the image in the MiB "
-                       "at offset 0"),
+    ("skip", "sample", "verification failed: the volume differs from the image in the 64 "
+                       "KiB at offset 0"),
     ("skip", "full", "verification failed: the volume differs from the image (Content "
                      "mismatch at offset 0!)"),
 ])

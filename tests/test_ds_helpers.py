@@ -26,6 +26,7 @@ from eqliscsi.ds_actions import (
 )
 from eqliscsi.image_copy import (
     MIB,
+    SAMPLE_WINDOW,
     SAMPLE_WINDOWS,
     FetchOptions,
     _parse_rate,
@@ -192,11 +193,13 @@ def test_sparse_writer_skips_zero_blocks(tmp_path):
 
 def test_sample_windows():
     assert sample_windows(512) == [(0, 512)]
-    assert sample_windows(3 * MIB + 512) == [(0, MIB), (MIB, MIB), (2 * MIB, MIB),
-                                             (3 * MIB, 512)]
+    assert sample_windows(3 * SAMPLE_WINDOW + 512) == [
+        (0, SAMPLE_WINDOW), (SAMPLE_WINDOW, SAMPLE_WINDOW), (2 * SAMPLE_WINDOW, SAMPLE_WINDOW),
+        (3 * SAMPLE_WINDOW, 512)]
     windows = sample_windows(100 * MIB)
     assert len(windows) == SAMPLE_WINDOWS + 2
-    assert windows[0] == (0, MIB) and windows[-1] == (99 * MIB, MIB)
+    assert windows[0] == (0, SAMPLE_WINDOW)
+    assert windows[-1] == (100 * MIB - SAMPLE_WINDOW, SAMPLE_WINDOW)
     assert windows == sorted(set(windows))
 
 
