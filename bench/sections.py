@@ -372,7 +372,7 @@ def cp_section(opts: Options) -> List[Table]:
         qcow2 = w.base / "image.qcow2"
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw),
                         str(qcow2)], check=True, timeout=900)
-        ratios = Samples()  # per round: whole action, write, and the ceiling, each vs bare
+        ratios = Samples()  # per round: whole action, write, and at the action floor, each vs bare
         for round_number in range(opts.copy_rounds):
             floor = python_floor("import paramiko, lxml") + group_login_floor(w)
             for fmt, source in (("raw", raw), ("qcow2", qcow2)):
