@@ -23,7 +23,7 @@ from tests.eqlsim.faults import FaultBook
 from tests.eqlsim.server import GroupSimulator, known_hosts_line, read_command_log
 from tests.eqlsim.state import GroupState, StateStore
 
-pytest_plugins = ["tests.hosts.fixtures"]
+pytest_plugins = ["tests.hosts.fixtures", "tests.ds_harness", "tests.tm_harness"]
 
 SIM_PASSWORD = "simsecret1"
 PROMPT_RE = re.compile(r"(?:^|\n)[^\r\n]*?> $")  # a prompt at the very end of the output

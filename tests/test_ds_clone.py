@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eqliscsi.ds_actions import image_description
-from tests.ds_harness import MIB, DsHarness, ds, ds_xml, iscsi, write_random
+from tests.ds_harness import MIB, DsHarness, ds_xml, iscsi, write_random
 
-__all__ = ["ds"]
 pytestmark = iscsi
 SOURCE = "golden.7"
 CLONE = "copy.43"

@@ -33,7 +33,6 @@ from tests.ds_harness import (
     MIB,
     REPO,
     DsHarness,
-    ds,
     ds_xml,
     iscsi,
     serve_http,
@@ -41,7 +40,6 @@ from tests.ds_harness import (
 )
 from tests.iscsi_tools import read_bytes
 
-__all__ = ["ds"]
 pytestmark = iscsi
 VOLUME = "ubuntu.42"
 

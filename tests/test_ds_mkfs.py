@@ -8,10 +8,9 @@ import subprocess
 import pytest
 
 from eqliscsi.ds_actions import image_description
-from tests.ds_harness import MIB, DsHarness, ds, ds_xml, iscsi
+from tests.ds_harness import MIB, DsHarness, ds_xml, iscsi
 from tests.iscsi_tools import read_bytes
 
-__all__ = ["ds"]
 pytestmark = iscsi
 VOLUME = "data.42"
 READER = "iqn.2024-01.org.example:reader"

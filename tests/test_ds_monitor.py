@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ds_harness import ds, ds_xml, iscsi
+from tests.ds_harness import ds_xml, iscsi
 
-__all__ = ["ds"]
 pytestmark = iscsi
 
 

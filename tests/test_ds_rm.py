@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from eqliscsi.ds_actions import image_description, snapshot_name
-from tests.ds_harness import DsHarness, ds, ds_xml, iscsi
+from tests.ds_harness import DsHarness, ds_xml, iscsi
 from tests.iscsi_tools import iscsi_session
 
-__all__ = ["ds"]
 pytestmark = iscsi
 VOLUME = "ubuntu.42"
 HOST = "iqn.2024-01.org.example:host1"

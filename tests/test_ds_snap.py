@@ -8,10 +8,9 @@ from typing import List
 import pytest
 
 from eqliscsi.ds_actions import pre_restore_snapshot_name, snapshot_name
-from tests.ds_harness import MIB, DsHarness, ds, ds_xml, iscsi
+from tests.ds_harness import MIB, DsHarness, ds_xml, iscsi
 from tests.iscsi_tools import iscsi_session, write_pattern
 
-__all__ = ["ds"]
 pytestmark = iscsi
 VOLUME = "ubuntu.42"
 HOST = "iqn.2024-01.org.example:host1"

@@ -18,18 +18,13 @@ from tests.tm_harness import (
     SYSTEM_DS,
     TmHarness,
     disk_arg,
-    host_client_key,
-    hosts_factory,
     image_disk,
     iscsi,
-    tm_clean,
-    tm_factory,
     vm,
     vm_path,
     volatile_disk,
 )
 
-__all__ = ["host_client_key", "hosts_factory", "tm_clean", "tm_factory"]
 pytestmark = iscsi
 
 CLONE = "ubuntu.42-v17-d0"

@@ -14,19 +14,13 @@ from tests.tm_harness import (
     MIB,
     SYSTEM_DS,
     TmHarness,
-    host_client_key,
-    hosts_factory,
     image_disk,
     iscsi,
-    tm,
-    tm_clean,
-    tm_factory,
     vm,
     vm_path,
     volatile_disk,
 )
 
-__all__ = ["host_client_key", "hosts_factory", "tm", "tm_clean", "tm_factory"]
 pytestmark = iscsi
 
 DS = str(IMAGE_DS)

@@ -11,14 +11,9 @@ from tests.oned_xml import action_xml, b64, datastore_xml
 from tests.tm_harness import (
     SYSTEM_DS,
     TmHarness,
-    host_client_key,
-    hosts_factory,
     iscsi,
-    tm_clean,
-    tm_factory,
 )
 
-__all__ = ["host_client_key", "hosts_factory", "tm_clean", "tm_factory"]
 pytestmark = iscsi
 
 SEND_TO_MONITOR = """# stands in for OpenNebula's scripts_common.sh: records send_to_monitor's input

@@ -37,11 +37,8 @@ from tests.conftest import RunningSim
 from tests.ds_harness import DsRun
 from tests.eqlsim.iscsi import TgtBackend
 from tests.eqlsim.state import Volume
-from tests.hosts.fixtures import host_client_key, hosts_factory
 from tests.hosts.world import Host, HostWorld
 from tests.oned_xml import datastore_xml, disk_xml, history_xml, image_xml, vm_xml
-
-__all__ = ["host_client_key", "hosts_factory"]  # fixtures the TM fixtures build on
 
 REPO = Path(__file__).resolve().parent.parent
 TM_DIR = REPO / "tm" / "eqliscsi"

@@ -13,22 +13,17 @@ import socket
 import pytest
 
 from eqliscsi.ds_actions import image_description
-from tests.ds_harness import DsHarness, ds, ds_xml
+from tests.ds_harness import DsHarness, ds_xml
 from tests.iscsi_tools import iscsi_session
 from tests.tm_harness import (
     IMAGE_DS,
     TmHarness,
-    host_client_key,
-    hosts_factory,
     image_disk,
     iscsi,
-    tm_clean,
-    tm_factory,
     vm,
     vm_path,
 )
 
-__all__ = ["ds", "host_client_key", "hosts_factory", "tm_clean", "tm_factory"]
 pytestmark = iscsi
 DS = str(IMAGE_DS)
 HOST = "iqn.2024-01.org.example:host1"

@@ -15,11 +15,10 @@ from typing import Dict, Iterator, Tuple
 
 import pytest
 
-from tests.ds_harness import FRONTEND, MIB, DsHarness, ds, ds_xml, serve_http, write_random
+from tests.ds_harness import FRONTEND, MIB, DsHarness, ds_xml, serve_http, write_random
 from tests.reliability.faultmatrix import group_view
 from tests.tm_harness import iscsi
 
-__all__ = ["ds"]
 pytestmark = iscsi
 
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import pytest
 
-from tests.ds_harness import DsHarness, ds, iscsi
+from tests.ds_harness import DsHarness, iscsi
 from tests.reliability.faultmatrix import (
     FAULTS,
     SCENARIOS,
@@ -26,7 +26,6 @@ from tests.reliability.faultmatrix import (
     table,
 )
 
-__all__ = ["ds"]
 pytestmark = iscsi
 
 

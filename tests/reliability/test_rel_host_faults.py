@@ -17,9 +17,8 @@ from typing import Dict, List, Sequence, Tuple
 import pytest
 
 from tests.reliability.hostfaults import SCENARIOS, HostCase, HostFaultMatrix, table
-from tests.tm_harness import host_client_key, hosts_factory, iscsi, tm_clean, tm_factory
+from tests.tm_harness import iscsi
 
-__all__ = ["host_client_key", "hosts_factory", "tm_clean", "tm_factory"]
 pytestmark = iscsi
 
 SAMPLE: Dict[str, List[Tuple[str, str]]] = {  # action -> (fault, host) of the default run

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import List, Set
 
 from eqliscsi.ds_actions import image_description
-from tests.ds_harness import MIB, ds, ds_xml, iscsi, write_random
+from tests.ds_harness import MIB, ds_xml, iscsi, write_random
 
-__all__ = ["ds"]
 pytestmark = iscsi
 CHAP_SECRET = "Chap+Secret-88"
 

@@ -23,14 +23,9 @@ from tests.reliability.tm_faultmatrix import DATA, DS, SCENARIOS, TmFaultMatrix
 from tests.tm_harness import (
     TmHarness,
     disk_arg,
-    host_client_key,
-    hosts_factory,
     iscsi,
-    tm_clean,
-    tm_factory,
 )
 
-__all__ = ["host_client_key", "hosts_factory", "tm_clean", "tm_factory"]
 pytestmark = iscsi
 
 SESSION_SETUP = 6  # stty and cli-settings: the same in every action, covered by the DS matrix
