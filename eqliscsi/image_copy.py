@@ -41,9 +41,9 @@ the group rounds volumes up to whole 15 MB pages):
   them) and from the LUN in one ``qemu-img convert`` each (which opens the image or the
   LUN once: one iSCSI login), compared byte for byte.  Many small windows rather than a
   few large ones: a write that went to the wrong volume, stopped short, or lost or
-  misplaced a request is caught by the places sampled, not by the bytes per place, and 2
-  MiB are read back instead of 10 (~15 ms less per cp).  The source's windows are read in
-  the background while the volume is made and written;
+  misplaced a request is caught by the places sampled, not by the bytes per place, and
+  only 2 MiB are read back.  The source's windows are read in the background while the
+  volume is made and written;
 * ``full``: ``qemu-img compare`` of the whole image with the LUN's first bytes;
 * ``off``: nothing.
 
